@@ -1,0 +1,1 @@
+"""The ``advprompts`` command line (typer)."""

@@ -1,0 +1,74 @@
+"""The ``advprompts`` typer app: registers commands by module path and maps errors to exit 2.
+
+Command modules import only typer at module level, so ``advprompts --help`` stays fast; to add a
+command, append ``(name, "module.path")`` to :data:`COMMANDS` (the module defines ``main``).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import sys
+
+import typer
+
+from advprompts.errors import AdvPromptsError
+
+#: (command name, module defining ``main``); extended by the lead (data, zoo, demo, experiment).
+COMMANDS: list[tuple[str, str]] = [
+    ("optimize", "advprompts.cli.commands.optimize"),
+    ("generate", "advprompts.cli.commands.generate"),
+    ("presets", "advprompts.cli.commands.presets"),
+    ("zoo", "advprompts.cli.commands.zoo"),
+]
+
+_STATE = {"debug": False}
+
+
+def handle_errors(fn):
+    """Turn an AdvPromptsError into one line on stderr and exit status 2 (traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AdvPromptsError as exc:
+            if _STATE["debug"]:
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=exc.exit_code) from None
+
+    return wrapper
+
+
+def build_app(commands: list[tuple[str, str]] | None = None) -> typer.Typer:
+    app = typer.Typer(help="Controlled training data generation with diffusion models (AP / GP / GAP).",
+                      no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+    @app.callback()
+    def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+              verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress (INFO).")):
+        _STATE["debug"] = debug
+        logging.basicConfig(level=logging.INFO if verbose or debug else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+
+    for name, module in commands or COMMANDS:
+        mod = importlib.import_module(module)
+        if isinstance(getattr(mod, "app", None), typer.Typer):  # a command group
+            app.add_typer(mod.app, name=name)
+            continue
+        app.command(name, help=mod.__doc__.strip().splitlines()[0] if mod.__doc__ else None)(handle_errors(mod.main))
+    return app
+
+
+app = build_app()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="advprompts")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Generate a training set: from sources with learned/text prompts, or plain text-to-image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Opt = typer.Option
+
+
+def main(
+    out: Annotated[Path, Opt("--out", "-o", help="Output folder (images/ + metadata.csv).")],
+    prompt_file: Annotated[Optional[list[Path]], Opt("--prompt-file", help="Learned prompt (.safetensors).")] = None,
+    prompt: Annotated[Optional[list[str]], Opt("--prompt", help="Text prompt ({class} allowed).")] = None,
+    source: Annotated[Optional[str], Opt("--source", help="Source dataset (folder or name[:split]).")] = None,
+    model: Annotated[str, Opt("--model", help="Diffusion model: embedded, tiny, folder or hub id.")] = "embedded",
+    num_images: Annotated[int, Opt("--num-images", help="Text-to-image: number of images.")] = 1,
+    images_per_source: Annotated[int, Opt("--images-per-source", help="Per source and prompt.")] = 1,
+    steps: Annotated[int, Opt("--steps", help="Denoising steps.")] = 15,
+    guidance_scale: Annotated[float, Opt("--guidance-scale", help="CFG scale.")] = 7.0,
+    strength: Annotated[float, Opt("--strength", help="SDEdit strength (sources).")] = 1.0,
+    conditioning: Annotated[str, Opt("--conditioning", help="inpaint | none | controlnet (sources).")] = "inpaint",
+    template: Annotated[Optional[str], Opt("--template", help="Template for learned prompts.")] = None,
+    seed: Annotated[int, Opt("--seed", help="Run seed.")] = 0,
+    batch_size: Annotated[int, Opt("--batch-size", help="Images per batch.")] = 4,
+    shard: Annotated[Optional[str], Opt("--shard", help="i/n: make every n-th image starting at i.")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a different run in --out.")] = False,
+) -> None:
+    from advprompts.errors import ConfigError
+    from advprompts.generate import generate_dataset, generate_text2img, parse_shard
+
+    parse_shard(shard)  # reject a bad --shard before loading anything
+    if source is None:
+        if not prompt or len(prompt) != 1 or prompt_file:
+            raise ConfigError("plain text-to-image takes exactly one --prompt (and --model); add --source for learned prompts")
+        res = generate_text2img(model, prompt[0], num_images, steps, guidance_scale, seed, out, shard=shard,
+                                batch_size=batch_size, overwrite=overwrite)
+    else:
+        from advprompts.config.schema import GenerateConfig, parse_config
+
+        cfg = parse_config(dict(
+            model={"diffusion": model}, source=source, prompt_files=[str(p) for p in prompt_file or []],
+            prompts=prompt or [], template=template, images_per_source=images_per_source, batch_size=batch_size,
+            seed=seed, sampler={"num_steps": steps, "guidance_scale": guidance_scale, "strength": strength,
+                                "conditioning": conditioning}), GenerateConfig, what="generate")
+        res = generate_dataset(cfg, out, shard=shard, overwrite=overwrite)
+    typer.echo(f"{res.out_dir}: {res.written} images written, {res.skipped} already done, {res.total} in the run")

@@ -1,0 +1,127 @@
+"""Presets (YAML files shipped in ``config/presets/``), config files and ``--set`` overrides."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import platform
+from pathlib import Path
+
+import yaml
+
+from advprompts.config.schema import RunConfig, parse_config
+from advprompts.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PRESET_DIR = Path(__file__).parent / "presets"
+_EXTRA_DIRS: list[Path] = []
+
+
+def add_preset_dir(path: str | Path) -> None:
+    """Also scan ``path`` for ``*.yaml`` presets (e.g. the embedded benchmarks)."""
+    _EXTRA_DIRS.append(Path(path))
+
+
+def _preset_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in [PRESET_DIR, *_EXTRA_DIRS]:
+        for f in sorted(folder.glob("*.yaml")):
+            found.setdefault(f.stem, f)
+    return found
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets, usable wherever a config file is expected."""
+    return sorted(_preset_files())
+
+
+def preset_description(name: str) -> str:
+    """The first comment line of a preset file."""
+    first = _preset_files()[name].read_text().splitlines()[:1]
+    return first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+
+
+def read_yaml(spec: str | Path) -> dict:
+    """The mapping in a YAML file or preset name (ConfigError if neither / not a mapping)."""
+    presets = _preset_files()
+    path = presets.get(str(spec), Path(spec))
+    if not path.is_file():
+        raise ConfigError(f"config {str(spec)!r} is neither a file nor a preset; presets: {', '.join(presets)}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {str(path)!r} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict (copied).
+
+    Unknown keys are caught by validation afterwards; malformed overrides raise ConfigError here.
+    """
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is malformed; use --set a.b=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: value is not valid YAML") from None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {item!r}: {part!r} is not an index of the list")
+                node = node[int(part)]
+                continue
+            if not isinstance(node.setdefault(part, {}), (dict, list)):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"override {item!r}: {last!r} is not an index of the list")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def load_config(spec: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a config file or preset, apply ``--set`` overrides and validate it.
+
+    Raises:
+        ConfigError: unknown file/preset, invalid YAML, unknown key, wrong type or value.
+    """
+    return parse_config(apply_overrides(read_yaml(spec), overrides), RunConfig, what=f"config {spec}")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that shape results (written into every run dir)."""
+    out = {"python": platform.python_version()}
+    for pkg in ("advprompts", "torch", "diffusers", "transformers", "accelerate", "torchvision"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def dump_config(config, path: str | Path, extra: dict | None = None) -> None:
+    """Write the resolved config (+ library versions) as YAML, atomically."""
+    path = Path(path)
+    body = config.model_dump(mode="json")
+    text = yaml.safe_dump(body, sort_keys=False)
+    meta = {"versions": versions(), **(extra or {})}
+    text += "# provenance (ignored when the file is loaded as a config)\n"
+    text += "".join(f"# {line}\n" for line in yaml.safe_dump(meta, sort_keys=False).splitlines())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

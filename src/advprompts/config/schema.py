@@ -1,0 +1,166 @@
+"""The run configuration: frozen pydantic models, unknown keys and wrong types rejected.
+
+AP, GP and GAP differ only in ``losses``: AP = an adversarial term, GP = guidance terms only,
+GAP = both. See ``docs/engine.md`` for every field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from advprompts.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(_Strict):
+    diffusion: str = "embedded"          # load_components spec: embedded | tiny | folder | hub id
+    controlnet: str | None = None        # ControlNet folder / hub id / "tiny" (dense tasks)
+    device: str = "auto"                 # auto = cuda when available, else cpu
+    autocast: Literal["none", "bf16", "fp16"] = "none"
+
+
+class SamplerConfig(_Strict):
+    num_steps: int = Field(5, ge=1)                # DDIM steps while optimising
+    guidance_scale: float = Field(7.0, ge=0)       # CFG scale (<= 1 disables CFG)
+    eta: float = Field(0.0, ge=0, le=1)            # DDIM eta
+    strength: float = Field(1.0, gt=0, le=1)       # SDEdit strength (1 = start from noise)
+    conditioning: Literal["inpaint", "controlnet", "none"] = "inpaint"  # how the label is kept
+    paste: bool = True                             # paste source object pixels back under the mask
+    conditioning_scale: float = Field(1.0, ge=0)   # ControlNet scale
+    image_size: int | None = Field(None, ge=8)     # source size (default: UNet sample size x VAE factor)
+    gradient_checkpointing: bool = True
+
+
+class PromptConfig(_Strict):
+    num_tokens: int = Field(5, ge=1)
+    init: str = "vocab-gaussian"         # vocab-gaussian | vocab-gaussian-cov | random | word:<w>
+    template: str = "{prompt}"           # e.g. "a photo of a {class} {prompt}"
+    prefix: str = "ap"                   # tokens are <prefix-key-i>
+    per_class: bool = False              # one prompt per class, trained on that class's sources
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # one prompt per seed
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, v: str) -> str:
+        from advprompts.prompts import check_init
+
+        check_init(v)
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if "{prompt}" not in v:
+            raise ValueError("must contain {prompt}")
+        return v
+
+
+class DataConfig(_Strict):
+    source: str                          # dataset folder or registered name (name:split)
+    split: str | None = None
+
+
+class TaskConfig(_Strict):
+    arch: str | None = None              # registered task model (small_cnn, resnet18, ...)
+    num_classes: int = Field(2, ge=1)
+    weights: str | None = None           # safetensors / pt state dict
+    input_size: int | None = None
+
+
+class LossConfig(_Strict):
+    name: str                            # registered loss term (advprompts.losses.list_losses())
+    weight: float = 1.0
+    warmup: int = Field(0, ge=0)         # active from this step on
+    label: str | None = None             # log name (default: name)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimConfig(_Strict):
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    steps: int = Field(100, ge=1)
+    seed: int = 0
+
+
+class LogConfig(_Strict):
+    sample_every: int = Field(100, ge=0)       # 0 = never
+    checkpoint_every: int = Field(100, ge=1)
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class RunConfig(_Strict):
+    method: Literal["ap", "gp", "gap"] = "ap"  # informational; ``losses`` defines the method
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    prompt: PromptConfig = PromptConfig()
+    data: DataConfig
+    task: TaskConfig = TaskConfig()
+    losses: list[LossConfig] = Field(min_length=1)
+    optim: OptimConfig = OptimConfig()
+    log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        from advprompts.losses import list_losses
+
+        for loss in self.losses:
+            if loss.name not in list_losses():
+                raise ValueError(f"loss {loss.name!r} is unknown; available: {', '.join(list_losses())}")
+        if self.sampler.conditioning == "controlnet" and self.model.controlnet is None:
+            raise ValueError("sampler.conditioning=controlnet needs model.controlnet")
+        return self
+
+
+class GenerateConfig(_Strict):
+    """Source-conditioned generation (``advprompts generate --source``)."""
+
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig(num_steps=15)
+    source: str                                    # dataset folder / registered name
+    split: str | None = None
+    prompt_files: list[str] = Field(default_factory=list)   # learned prompts (TI safetensors)
+    prompts: list[str] = Field(default_factory=list)        # text prompts ({class} allowed)
+    template: str | None = None                    # overrides the learned prompts' templates
+    images_per_source: int = Field(1, ge=1)
+    batch_size: int = Field(4, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _some_prompt(self) -> "GenerateConfig":
+        if not self.prompt_files and not self.prompts:
+            raise ValueError("give at least one prompt file (--prompt-file) or text prompt (--prompt)")
+        return self
+
+
+def format_validation_error(exc: ValidationError, what: str = "config") -> str:
+    """One line naming the first offending key and the problem."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(root)"
+    if err["type"] == "extra_forbidden":
+        return f"{what}: unknown key {key!r}; remove it or check its spelling (see docs/engine.md)"
+    if err["type"] == "missing":
+        return f"{what}: missing required key {key!r}"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    return f"{what}: invalid value for {key!r} ({shown[:60]}): {err['msg']}"
+
+
+def parse_config(data: dict, model: type[_Strict] = RunConfig, what: str = "config"):
+    """Validate a dict into ``model``, raising a one-line ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, what)) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None

@@ -1,0 +1,6 @@
+"""Datasets: the folder + metadata.csv format, a registry of named datasets, tiny-synth."""
+
+from advprompts.data import synthetic  # noqa: F401  (registers tiny-synth)
+from advprompts.data.folder import FolderDataset, collate, list_datasets, load_images, register_dataset, resolve_dataset
+
+__all__ = ["FolderDataset", "collate", "list_datasets", "load_images", "register_dataset", "resolve_dataset"]

@@ -1,0 +1,143 @@
+"""Target-informed guidance terms (Feedback 2): text guidance, image guidance, TI denoising.
+
+Text guidance compares the *diffusion model's own* text encoder output for the learned prompt
+with the mean over target descriptions. Pooling (``pooling`` param): ``eos`` (default) takes the
+state at the first end-of-text token after the final layer norm, CLIP's text embedding before
+projection; ``mean`` averages the states up to and including that token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from advprompts.errors import ConfigError
+from advprompts.losses.registry import LossInputs, LossResources, LossTerm, register_loss
+from advprompts.prompts import encode_text, pool_text
+
+
+def _prompt_texts(inputs: LossInputs, template: str) -> list[str]:
+    if inputs.prompt is None:
+        raise ConfigError("guidance losses need the learned prompt")
+    names = sorted(set(inputs.class_names or [None]), key=str)
+    return [inputs.prompt.text(class_name=n, template=template) for n in names]
+
+
+class _TextGuidance(LossTerm):
+    def __init__(self, descriptions: list[str], template: str = "{prompt}", pooling: str = "eos",
+                 renormalize: bool = False, std_scaling: bool = False):
+        if not descriptions or not all(isinstance(d, str) and d for d in descriptions):
+            raise ValueError("descriptions must be a non-empty list of target descriptions")
+        if pooling not in ("eos", "mean"):
+            raise ValueError(f"pooling={pooling!r}; expected 'eos' or 'mean'")
+        self.descriptions, self.template, self.pooling = list(descriptions), template, pooling
+        self.renormalize, self.std_scaling = renormalize, std_scaling
+
+    def _pooled(self, texts: list[str]) -> torch.Tensor:
+        hidden, ids = encode_text(self.c.tokenizer, self.c.text_encoder, texts)
+        return pool_text(hidden.float(), ids, self.c.tokenizer.eos_token_id, self.pooling)
+
+    def setup(self, resources: LossResources) -> None:
+        if resources.components is None:
+            raise ConfigError(f"loss {self.name!r} needs the diffusion components")
+        self.c = resources.components
+        with torch.no_grad():
+            emb = self._pooled(self.descriptions)
+        target = emb.mean(0)
+        if self.renormalize:
+            # The mean of several directions is shorter than each; restore the typical norm.
+            target = target / target.norm() * emb.norm(dim=-1).mean()
+        self.target = target
+        # Per-dimension 1/std over the description embeddings (1 when there is only one).
+        self.scale = 1 / (emb.std(0) + 1e-3) if self.std_scaling and len(emb) > 1 else torch.ones_like(target)
+
+
+@register_loss("text_l2")
+class TextL2(_TextGuidance):
+    """Squared L2 (sum over dimensions) to the mean description embedding."""
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        pooled = self._pooled(_prompt_texts(inputs, self.template))
+        return ((pooled - self.target) * self.scale).square().sum(-1).mean()
+
+
+@register_loss("text_cosine")
+class TextCosine(_TextGuidance):
+    """Negative cosine similarity to the mean description embedding."""
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        pooled = self._pooled(_prompt_texts(inputs, self.template))
+        return -F.cosine_similarity(pooled, self.target[None], dim=-1).mean()
+
+
+def _load_targets(spec: str, max_images: int, size: int | None) -> torch.Tensor:
+    from advprompts.data.folder import load_images
+
+    return load_images(spec, max_images=max_images, image_size=size)
+
+
+class _ImageGuidance(LossTerm):
+    def __init__(self, target_images: str, clip: str = "embedded-clip", max_images: int = 100):
+        if max_images < 1:
+            raise ValueError(f"max_images={max_images}; expected >= 1")
+        self.spec, self.clip_spec, self.max_images = target_images, clip, max_images
+
+    def setup(self, resources: LossResources) -> None:
+        from advprompts.models.loading import load_clip
+
+        self.clip = load_clip(self.clip_spec, device=resources.device)
+        images = _load_targets(self.spec, self.max_images, None)
+        with torch.no_grad():
+            embs = torch.cat([self.clip(images[i:i + 16].to(resources.device)) for i in range(0, len(images), 16)])
+        self.target = embs.mean(0)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip(images).float()
+
+
+@register_loss("image_cosine")
+class ImageCosine(_ImageGuidance):
+    """Negative cosine between CLIP embeddings of the generations and the mean target embedding."""
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        return -F.cosine_similarity(self.embed(inputs.images), self.target[None], dim=-1).mean()
+
+
+@register_loss("image_l2")
+class ImageL2(_ImageGuidance):
+    """Squared L2 between CLIP embeddings of the generations and the mean target embedding."""
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        return (self.embed(inputs.images) - self.target[None]).square().sum(-1).mean()
+
+
+@register_loss("ti_denoise")
+class TIDenoise(LossTerm):
+    """Textual-inversion denoising loss of the prompt on unlabelled target images."""
+
+    def __init__(self, target_images: str, template: str = "{prompt}", batch_size: int = 4, max_images: int = 100):
+        self.spec, self.template, self.batch_size, self.max_images = target_images, template, batch_size, max_images
+
+    def setup(self, resources: LossResources) -> None:
+        if resources.components is None:
+            raise ConfigError("loss 'ti_denoise' needs the diffusion components")
+        self.c = resources.components
+        sample = next(iter(self.c.vae.parameters()))
+        size = self.c.unet.config.sample_size * self.c.vae_scale_factor
+        self.images = _load_targets(self.spec, self.max_images, size).to(sample.device)
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        c, gen = self.c, inputs.generator
+        idx = torch.randint(0, len(self.images), (self.batch_size,), generator=gen)
+        with torch.no_grad():
+            dist = c.vae.encode(self.images[idx].to(c.vae.dtype) * 2 - 1).latent_dist
+            latents = dist.sample(gen).float() * c.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=gen).to(latents)
+        t = torch.randint(0, c.scheduler.config.num_train_timesteps, (self.batch_size,), generator=gen).to(latents.device)
+        noisy = c.scheduler.add_noise(latents, noise, t)
+        text = _prompt_texts(inputs, self.template)[0]
+        embeds, _ = encode_text(c.tokenizer, c.text_encoder, [text] * self.batch_size)
+        pred = c.unet(noisy.to(c.unet.dtype), t, encoder_hidden_states=embeds.to(c.unet.dtype)).sample.float()
+        target = c.scheduler.get_velocity(latents, noise, t) \
+            if c.scheduler.config.prediction_type == "v_prediction" else noise
+        return F.mse_loss(pred, target)

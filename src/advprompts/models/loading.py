@@ -1,0 +1,301 @@
+"""One loader for the diffusion components and one for the CLIP model used for image guidance.
+
+``spec`` is ``"embedded"`` (the shipped tiny Stable Diffusion), ``"tiny"`` (seeded random
+components, tests and smoke runs), a local diffusers pipeline folder, or a hub id. Every failure a
+user can cause becomes a one-line :class:`~advprompts.errors.ModelLoadError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from advprompts.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+#: Sub-folders a Stable Diffusion pipeline folder must hold, with their config file.
+PIPELINE_PARTS = {
+    "unet": "config.json",
+    "vae": "config.json",
+    "text_encoder": "config.json",
+    "tokenizer": None,
+    "scheduler": "scheduler_config.json",
+}
+# OpenAI CLIP preprocessing, used when a CLIP folder has no preprocessor_config.json.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class Components:
+    """The networks of a Stable Diffusion pipeline, frozen and in eval mode.
+
+    Attributes:
+        tokenizer: CLIP tokenizer (placeholder tokens get added to it).
+        text_encoder: CLIPTextModel.
+        unet: UNet2DConditionModel with 4 (text-to-image) or 9 (inpainting) input channels.
+        vae: AutoencoderKL.
+        scheduler: a DDIMScheduler; the sampler copies it for every rollout.
+        controlnet: optional ControlNetModel.
+    """
+
+    tokenizer: Any
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler: Any
+    controlnet: torch.nn.Module | None = None
+    source: str = field(default="", compare=False)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixel-to-latent downsampling, computed as diffusers' pipelines do."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def freeze(self) -> "Components":
+        """Freeze every network (``requires_grad_(False)``, eval mode); returns self."""
+        for net in (self.text_encoder, self.unet, self.vae, self.controlnet):
+            if net is not None:
+                net.requires_grad_(False).eval()
+        return self
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Components":
+        for net in (self.text_encoder, self.unet, self.vae, self.controlnet):
+            if net is not None:
+                net.to(device=device)
+                # Casting only when needed avoids diffusers' keep-in-fp32 warning on a no-op cast.
+                if dtype is not None and next(net.parameters()).dtype != dtype:
+                    net.to(dtype=dtype)
+        return self
+
+
+def _howto(spec: str) -> str:
+    hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    repo = spec if "/" in spec and not Path(spec).is_absolute() else "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    return (
+        f"pass a local diffusers pipeline folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/), "
+        f"or download it first with `huggingface-cli download {repo} --local-dir DIR` "
+        f"(hub cache: HF_HOME={hf_home})"
+    )
+
+
+def _resolve_spec(spec: str) -> tuple[str, bool]:
+    """Return (location, is_local) for a model spec."""
+    if spec == "embedded":
+        from advprompts.zoo.paths import sd_path
+
+        path = sd_path()
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"the embedded Stable Diffusion model is missing: looked in {path}; run `advprompts zoo build` "
+                f"or set ADVPROMPTS_ZOO_DIR to a folder holding sd/, or {_howto(spec)}"
+            )
+        return str(path), True
+    path = Path(spec).expanduser()
+    looks_like_path = path.is_absolute() or spec.startswith((".", "~")) or path.exists() or spec.count("/") != 1
+    if looks_like_path:
+        if not path.is_dir():
+            raise ModelLoadError(f"model folder {spec!r} does not exist; {_howto(spec)}")
+        return str(path), True
+    return spec, False
+
+
+def check_pipeline_folder(path: str | Path, parts: dict[str, str | None] = PIPELINE_PARTS) -> None:
+    """Raise ModelLoadError naming the missing parts of a diffusers pipeline folder."""
+    path = Path(path)
+    missing = []
+    for sub, cfg in parts.items():
+        if not (path / sub).is_dir() or (cfg and not (path / sub / cfg).is_file()):
+            missing.append(f"{sub}/{cfg or ''}")
+        elif sub != "tokenizer" and sub != "scheduler" and not any((path / sub).glob("*.safetensors")) \
+                and not any((path / sub).glob("*.bin")):
+            missing.append(f"{sub}/ weights")
+    if missing:
+        raise ModelLoadError(
+            f"model folder {str(path)!r} is incomplete: missing {', '.join(missing)}; {_howto(str(path))}"
+        )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _from_pretrained(cls, location: str, subfolder: str | None, local: bool, what: str, **kwargs):
+    # huggingface_hub reads HF_HUB_OFFLINE at import time; re-read it so a later setting holds.
+    try:
+        return cls.from_pretrained(location, subfolder=subfolder, local_files_only=bool(local) or _offline(), **kwargs)
+    except (OSError, ValueError, EnvironmentError, RuntimeError) as exc:
+        offline = _offline()
+        why = "offline (HF_HUB_OFFLINE is set) and not in the cache" if offline and not local else type(exc).__name__
+        raise ModelLoadError(f"cannot load the {what} from {location!r} ({why}); {_howto(location)}") from exc
+
+
+def _load_controlnet(spec: str | torch.nn.Module, device, dtype):
+    if isinstance(spec, torch.nn.Module):
+        return spec
+    if spec == "tiny":
+        from advprompts.models.tiny import tiny_controlnet
+
+        return tiny_controlnet()
+    from diffusers import ControlNetModel
+
+    location, local = _resolve_spec(spec)
+    return _from_pretrained(ControlNetModel, location, None, local, "ControlNet")
+
+
+def _scheduler_class(location: str, local: bool, scheduler: str):
+    import diffusers
+
+    if scheduler == "ddim":
+        return diffusers.DDIMScheduler
+    if local:
+        cfg = json.loads((Path(location) / "scheduler" / "scheduler_config.json").read_text())
+        return getattr(diffusers, cfg.get("_class_name", "DDIMScheduler"), diffusers.DDIMScheduler)
+    return diffusers.DDIMScheduler
+
+
+def load_components(
+    spec: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    controlnet: str | torch.nn.Module | None = None,
+    scheduler: str = "ddim",
+) -> Components:
+    """Load and freeze the components of a Stable Diffusion pipeline.
+
+    Args:
+        spec: ``"embedded"``, ``"tiny"`` (random, seed 0), ``"tiny-inpaint"`` (9-channel UNet),
+            a local diffusers pipeline folder, or a hub id such as
+            ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
+        device: where to put the networks.
+        dtype: their dtype (float32 by default; the sampler can autocast).
+        controlnet: optional ControlNet folder / hub id / ``"tiny"`` / module.
+        scheduler: ``"ddim"`` (the method's sampler, default) or ``"native"`` (the folder's own
+            scheduler class, to reproduce ``StableDiffusionPipeline.from_pretrained`` exactly).
+
+    Returns:
+        Frozen :class:`Components` with a DDIM scheduler.
+
+    Raises:
+        ModelLoadError: missing or incomplete folder, unknown hub id, hub id while offline.
+    """
+    if spec in ("tiny", "tiny-inpaint"):
+        from advprompts.models.tiny import tiny_components
+
+        comps = tiny_components(unet_in_channels=9 if spec == "tiny-inpaint" else 4)
+    else:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        location, local = _resolve_spec(spec)
+        if local:
+            check_pipeline_folder(location)
+        comps = Components(
+            tokenizer=_from_pretrained(CLIPTokenizer, location, "tokenizer", local, "tokenizer"),
+            text_encoder=_from_pretrained(CLIPTextModel, location, "text_encoder", local, "text encoder"),
+            unet=_from_pretrained(UNet2DConditionModel, location, "unet", local, "UNet"),
+            vae=_from_pretrained(AutoencoderKL, location, "vae", local, "VAE"),
+            scheduler=_from_pretrained(_scheduler_class(location, local, scheduler), location, "scheduler", local,
+                                       "scheduler"),
+        )
+    if controlnet is not None:
+        comps.controlnet = _load_controlnet(controlnet, device, dtype)
+    comps.source = spec
+    logger.info("loaded diffusion components from %s", spec)
+    return comps.to(device, dtype).freeze()
+
+
+class ClipImageEncoder(torch.nn.Module):
+    """A CLIP vision tower with projection and differentiable preprocessing.
+
+    ``forward(images)`` takes images in [0, 1] (B, 3, H, W), resizes them (bilinear, antialiased)
+    to the model's input size, normalises with the processor's mean/std and returns projected
+    embeddings (B, D). Everything is torch ops, so gradients reach the images.
+    """
+
+    def __init__(self, clip_model: torch.nn.Module, mean=CLIP_MEAN, std=CLIP_STD, tokenizer=None):
+        super().__init__()
+        self.clip = clip_model.requires_grad_(False).eval()
+        self.tokenizer = tokenizer
+        self.size = int(clip_model.config.vision_config.image_size)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(
+            images, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
+        )
+        return (x - self.mean.to(x)) / self.std.to(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = self.clip.vision_model(pixel_values=self.preprocess(images)).pooler_output
+        return self.clip.visual_projection(pooled)
+
+    @torch.no_grad()
+    def embed_text(self, texts: list[str]) -> torch.Tensor:
+        """Projected CLIP text embeddings of ``texts`` (needs the tokenizer)."""
+        if self.tokenizer is None:
+            raise ModelLoadError("this CLIP model was loaded without a tokenizer; load it from a folder with one")
+        ids = self.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt").input_ids
+        pooled = self.clip.text_model(input_ids=ids.to(self.mean.device)).pooler_output
+        return self.clip.text_projection(pooled)
+
+
+def load_clip(spec: str, device: str | torch.device = "cpu") -> ClipImageEncoder:
+    """Load a CLIP model for image guidance.
+
+    Args:
+        spec: ``"embedded-clip"`` (the shipped tiny CLIP), ``"tiny"`` (random), a transformers
+            CLIPModel folder or a hub id such as ``"openai/clip-vit-large-patch14"``.
+        device: where to put it.
+
+    Returns:
+        A frozen :class:`ClipImageEncoder`.
+
+    Raises:
+        ModelLoadError: when the model cannot be found or read.
+    """
+    if spec == "tiny":
+        from advprompts.models.tiny import tiny_clip, tiny_tokenizer
+
+        return ClipImageEncoder(tiny_clip(), tokenizer=tiny_tokenizer()).to(device)
+    from transformers import CLIPModel, CLIPTokenizer
+
+    if spec == "embedded-clip":
+        from advprompts.zoo.paths import clip_path
+
+        location, local = str(clip_path()), True
+        if not Path(location).is_dir():
+            raise ModelLoadError(
+                f"the embedded CLIP model is missing: looked in {location}; run `advprompts zoo build` or pass "
+                "a CLIPModel folder / hub id (e.g. openai/clip-vit-large-patch14)"
+            )
+    else:
+        location, local = _resolve_spec(spec)
+    model = _from_pretrained(CLIPModel, location, None, local, "CLIP model")
+    mean, std, tokenizer = CLIP_MEAN, CLIP_STD, None
+    if local:
+        pre = Path(location) / "preprocessor_config.json"
+        if pre.is_file():
+            cfg = json.loads(pre.read_text())
+            mean, std = tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(location, local_files_only=True)
+        except (OSError, ValueError, TypeError):
+            logger.info("no tokenizer in %s; CLIP text embeddings unavailable", location)
+    return ClipImageEncoder(model, mean, std, tokenizer).to(device)

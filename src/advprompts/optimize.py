@@ -1,0 +1,316 @@
+"""One optimisation loop for Adversarial, Guided and Guided Adversarial Prompts.
+
+AP, GP and GAP are configurations of :func:`optimize` (their ``losses`` differ). Every prompt
+(one per seed, times one per class with ``prompt.per_class``) is trained in turn. Each step draws
+its batch and noise from generators seeded by ``(optim.seed, prompt index, step)``, so a run
+resumed from a checkpoint (embeddings + optimiser state) ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from advprompts.config.presets import dump_config
+from advprompts.config.schema import RunConfig
+from advprompts.data.folder import collate
+from advprompts.errors import DataError, NaNLossError
+from advprompts.losses import LossInputs, LossResources, LossSet, WeightedTerm, build_loss
+from advprompts.prompts import LearnablePrompt
+from advprompts.rundir import atomic_write_bytes, atomic_write_text, prepare_run_dir
+from advprompts.sampler import Sampler
+
+logger = logging.getLogger(__name__)
+AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class PromptResult:
+    """Outcome of one prompt: its file, the last logged losses, steps run, early stop."""
+
+    key: str
+    file: Path
+    class_label: int | None
+    seed: int
+    losses: dict[str, float]
+    steps: int
+    stopped_early: bool
+
+
+@dataclass
+class OptimResult:
+    """Outcome of :func:`optimize`: the run folder and one :class:`PromptResult` per prompt."""
+
+    out_dir: Path
+    prompts: list[PromptResult] = field(default_factory=list)
+
+    @property
+    def prompt_files(self) -> list[Path]:
+        return [p.file for p in self.prompts]
+
+
+@dataclass
+class _Job:
+    index: int
+    key: str
+    seed: int
+    label: int | None
+    indices: list[int]
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def step_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from integer keys (order-sensitive, platform-independent)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(keys)).generate_state(1)[0]))
+
+
+def _jobs(config: RunConfig, dataset) -> list[_Job]:
+    labels = [dataset[i]["label"] for i in range(len(dataset))] if config.prompt.per_class else None
+    classes = sorted(set(labels)) if labels else [None]
+    jobs = []
+    for label in classes:
+        indices = [i for i, y in enumerate(labels) if y == label] if labels else list(range(len(dataset)))
+        for seed in config.prompt.seeds:
+            key = (f"c{label}-" if label is not None else "") + f"s{seed}"
+            jobs.append(_Job(len(jobs), key, seed, label, indices))
+    return jobs
+
+
+def _build_losses(config: RunConfig) -> LossSet:
+    return LossSet([WeightedTerm(build_loss(l.name, **l.params), l.weight, l.warmup, l.label or "")
+                    for l in config.losses])
+
+
+def _sampler_kwargs(config: RunConfig, batch: dict, device: torch.device) -> dict:
+    s = config.sampler
+    kw = dict(num_steps=s.num_steps, guidance_scale=s.guidance_scale, eta=s.eta, strength=s.strength)
+    images = batch["image"].to(device)
+    if s.conditioning == "inpaint":
+        if batch["mask"] is None:
+            raise DataError("sampler.conditioning=inpaint needs object masks (mask_file column) in the source data")
+        kw.update(source=images, object_mask=batch["mask"].to(device), paste=s.paste)
+    elif s.conditioning == "controlnet":
+        if batch["dense"] is None:
+            raise DataError("sampler.conditioning=controlnet needs dense maps (depth_file column) in the source data")
+        kw.update(conditioning=batch["dense"].to(device).expand(-1, 3, -1, -1), conditioning_scale=s.conditioning_scale)
+        if s.strength < 1.0:
+            kw.update(source=images)
+    elif s.strength < 1.0:
+        kw.update(source=images)
+    else:
+        kw.update(height=images.shape[-2], width=images.shape[-1])
+    return kw
+
+
+class _Log:
+    """log.csv rows (rewritten atomically) + optional TensorBoard."""
+
+    def __init__(self, out: Path, columns: list[str], tensorboard: bool, purge_step: int | None):
+        self.path, self.columns = out / "log.csv", ["prompt", "step", *columns, "total", "seconds"]
+        self.rows = list(csv.DictReader(open(self.path))) if self.path.is_file() else []
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
+
+    def truncate(self, key: str, after_step: int) -> None:
+        self.rows = [r for r in self.rows if r["prompt"] != key or int(r["step"]) <= after_step]
+
+    def add(self, key: str, step: int, values: dict[str, float]) -> None:
+        self.rows.append({"prompt": key, "step": step, **values})
+        if self.tb is not None:
+            for name, value in values.items():
+                self.tb.add_scalar(f"{key}/{name}", value, step)
+
+    def flush(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _save_checkpoint(path: Path, step: int, prompt: LearnablePrompt, opt: torch.optim.Optimizer,
+                     stopped: bool) -> None:
+    buf = io.BytesIO()
+    torch.save({"step": step, "stopped": stopped, "embeddings": prompt.embeddings.detach().cpu(), "optimizer": opt.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                        "python": random.getstate()}}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _save_grid(path: Path, images: torch.Tensor) -> None:
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    save_image(images.detach().float().cpu(), str(tmp), nrow=min(8, len(images)))
+    tmp.replace(path)
+
+
+def optimize(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    components=None,
+    task_model: torch.nn.Module | None = None,
+    dataset=None,
+    on_step: Callable[[str, int, dict], None] | None = None,
+) -> OptimResult:
+    """Learn prompts (AP / GP / GAP by ``config.losses``) and write them to ``out``.
+
+    Args:
+        config: a validated :class:`~advprompts.config.schema.RunConfig`.
+        out: run folder: ``prompt_<key>.safetensors`` (+ ``.json``), ``config.yaml``, ``log.csv``,
+            ``tensorboard/``, ``samples/<key>/step_XXXXXX.png``, ``checkpoints/<key>.pt``.
+        resume: continue the same run from its checkpoints.
+        overwrite: empty a folder holding another advprompts run first.
+        components, task_model, dataset: already-loaded objects (else loaded from ``config``).
+        on_step: called as ``on_step(prompt_key, step, logged_values)`` after every step.
+
+    Returns:
+        :class:`OptimResult`.
+
+    Raises:
+        OutputExistsError, ConfigError, DataError, ModelLoadError, NaNLossError.
+    """
+    from advprompts.data import resolve_dataset
+    from advprompts.models.loading import load_components
+    from advprompts.tasks.models import load_task_model
+
+    # 1. Run folder: refuse another run, continue this one on --resume (checked before loading,
+    #    created after, so that a failed load leaves no partial output).
+    out = Path(out)
+    fingerprint = config.model_dump(mode="json")
+    prepare_run_dir(out, fingerprint, "config.yaml", resume=resume, overwrite=overwrite, create=False)
+
+    # 2. Models, data, losses.
+    device = resolve_device(config.model.device)
+    comps = components or load_components(config.model.diffusion, device=device, controlnet=config.model.controlnet)
+    size = config.sampler.image_size or comps.unet.config.sample_size * comps.vae_scale_factor
+    dataset = dataset or resolve_dataset(config.data.source, split=config.data.split, image_size=size)
+    if task_model is None and config.task.arch is not None:
+        task_model = load_task_model(config.task.arch, config.task.num_classes, config.task.weights,
+                                     config.task.input_size)
+    if task_model is not None:
+        task_model = task_model.to(device).eval().requires_grad_(False)
+    losses = _build_losses(config)
+    losses.setup(LossResources(components=comps, task_model=task_model, device=device))
+    sampler = Sampler(comps, gradient_checkpointing=config.sampler.gradient_checkpointing,
+                      autocast_dtype=AUTOCAST[config.model.autocast])
+    if not prepare_run_dir(out, fingerprint, "config.yaml", resume=resume, overwrite=overwrite):
+        dump_config(config, out / "config.yaml")
+    log = _Log(out, losses.labels, config.log.tensorboard, None)
+    result = OptimResult(out_dir=out)
+    try:
+        for job in _jobs(config, dataset):
+            result.prompts.append(_run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_step))
+    finally:
+        log.close()
+    return result
+
+
+def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_step) -> PromptResult:
+    o = config.optim
+    final = out / f"prompt_{job.key}.safetensors"
+    class_names = getattr(dataset, "class_names", {})
+    prompt = LearnablePrompt(comps.tokenizer, comps.text_encoder, num_tokens=config.prompt.num_tokens,
+                             prefix=f"{config.prompt.prefix}-{job.key}", init=config.prompt.init, seed=job.seed,
+                             template=config.prompt.template,
+                             class_name=class_names.get(job.label) if job.label is not None else None)
+    prompt.to(device)
+    opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls([prompt.embeddings], lr=o.lr, weight_decay=o.weight_decay)
+    ckpt_path = out / "checkpoints" / f"{job.key}.pt"
+    start, stopped, values = 0, False, {}
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        with torch.no_grad():
+            prompt.embeddings.copy_(state["embeddings"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        start = state["step"]
+        stopped = bool(state.get("stopped", False))
+        logger.info("prompt %s: resuming at step %d", job.key, start)
+    log.truncate(job.key, start - 1)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start, o.steps), desc=f"prompt {job.key}", disable=not config.log.progress,
+               initial=start, total=o.steps)
+    step = start - 1
+    for step in bar:
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for micro in range(o.grad_accum):
+            # Every random draw of this step comes from generators keyed by (seed, prompt, step).
+            gen = step_generator(o.seed, job.index, step, micro)
+            pick = torch.randperm(len(job.indices), generator=gen)[: o.batch_size]
+            batch = collate([dataset[job.indices[int(i)]] for i in pick])
+            names = [class_names.get(y, str(y)) for y in batch["label"].tolist()]
+            kwargs = _sampler_kwargs(config, batch, device)
+            rollout = sampler([prompt.text(n) for n in names], generator=gen, **kwargs)
+            inputs = LossInputs(images=rollout.images, labels=batch["label"].to(device),
+                                dense=None if batch["dense"] is None else batch["dense"].to(device),
+                                prompt=prompt, class_names=names, step=step, generator=gen)
+            total, parts = losses(inputs)
+            if not torch.isfinite(total):
+                log.flush()
+                raise NaNLossError(f"loss of prompt {job.key} is {float(total.detach())} at step {step} (terms: {parts}); "
+                                   f"last good checkpoint: {ckpt_path if ckpt_path.is_file() else 'none'}; "
+                                   "lower optim.lr or check the loss weights")
+            (total / o.grad_accum).backward()
+            for name, v in {**parts, "total": float(total.detach())}.items():
+                totals[name] = totals.get(name, 0.0) + v / o.grad_accum
+        opt.step()
+        values = {**totals, "seconds": round(time.perf_counter() - t0, 4)}
+        log.add(job.key, step, values)
+        bar.set_postfix(loss=f"{totals['total']:.4f}")
+        if on_step is not None:
+            on_step(job.key, step, values)
+        done = step + 1
+        if config.log.sample_every and done % config.log.sample_every == 0:
+            _save_grid(out / "samples" / job.key / f"step_{done:06d}.png", rollout.images)
+        stopped = losses.should_stop()
+        if stopped:
+            logger.info("prompt %s: task loss reached its threshold at step %d; stopping", job.key, step)
+        if done % config.log.checkpoint_every == 0 or done == o.steps or stopped:
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            _save_checkpoint(ckpt_path, done, prompt, opt, stopped)
+            log.flush()
+    bar.close()
+    steps_run = max(step + 1, start)
+    prompt.save(final, steps=steps_run, method=config.method)
+    if not values:  # resumed a finished prompt: report its last logged step
+        rows = [r for r in log.rows if r["prompt"] == job.key]
+        values = {k: float(v) for k, v in rows[-1].items() if k != "prompt"} if rows else {}
+    return PromptResult(key=job.key, file=final, class_label=job.label, seed=job.seed, losses=values,
+                        steps=steps_run, stopped_early=stopped)

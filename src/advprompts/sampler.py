@@ -1,0 +1,283 @@
+"""A differentiable few-step sampler (DDIM by default) over diffusers components.
+
+One rollout reads like diffusers' pipelines and draws its random numbers in the same order, so
+under ``no_grad`` in float32 it reproduces ``StableDiffusionPipeline`` (text-to-image),
+``StableDiffusionImg2ImgPipeline`` (SDEdit), ``StableDiffusionInpaintPipeline`` (4- and 9-channel
+UNets) and ``StableDiffusionControlNetPipeline`` for the same generator. With gradients enabled,
+the output images are differentiable w.r.t. the prompt embeddings (and so w.r.t. any
+:class:`~advprompts.prompts.LearnablePrompt` used in the prompt text).
+
+Mask convention: a source sample carries an *object* mask (1 = object to keep). diffusers'
+inpainting mask means "repaint", so ``repaint_mask = 1 - object_mask`` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from torch.utils.checkpoint import checkpoint
+
+from advprompts.errors import ConfigError
+from advprompts.models.loading import Components
+from advprompts.prompts import encode_text
+
+logger = logging.getLogger(__name__)
+
+Generator = torch.Generator | list[torch.Generator] | None
+
+
+@dataclass
+class RolloutOutput:
+    """Result of one rollout.
+
+    Attributes:
+        images: final images (B, 3, H, W) in [0, 1], after pasting when requested.
+        decoded: the VAE decodings before pasting (B, 3, H, W) in [0, 1].
+        latents: final latents (B, C, h, w).
+        timesteps: the timesteps that were run.
+        mode: ``txt2img``, ``img2img``, ``inpaint`` or ``inpaint9`` (``+controlnet`` when used).
+    """
+
+    images: torch.Tensor
+    decoded: torch.Tensor
+    latents: torch.Tensor
+    timesteps: list[int]
+    mode: str
+
+
+def start_step(num_steps: int, strength: float) -> int:
+    """Index of the first DDIM step for SDEdit ``strength``, exactly as diffusers' img2img."""
+    init_timestep = min(int(num_steps * strength), num_steps)
+    return max(num_steps - init_timestep, 0)
+
+
+class Sampler:
+    """Unrolled DDIM sampling with CFG, SDEdit, inpainting, pasting and ControlNet.
+
+    Args:
+        components: frozen diffusion components (see :func:`~advprompts.models.loading.load_components`).
+        gradient_checkpointing: recompute each UNet (+ControlNet) call in the backward pass
+            instead of storing its activations; used only when gradients are enabled.
+        autocast_dtype: ``torch.bfloat16`` / ``torch.float16`` to autocast the networks, or None.
+    """
+
+    def __init__(self, components: Components, gradient_checkpointing: bool = True,
+                 autocast_dtype: torch.dtype | None = None):
+        self.c = components
+        self.gradient_checkpointing = gradient_checkpointing
+        self.autocast_dtype = autocast_dtype
+
+    # ------------------------------------------------------------------ helpers
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.c.device.type, dtype=self.autocast_dtype)
+
+    def new_scheduler(self):
+        """A fresh copy of the components' scheduler (schedulers hold state, so one per rollout)."""
+        return type(self.c.scheduler).from_config(self.c.scheduler.config)
+
+    def encode_prompt(self, prompt: list[str], negative_prompt: list[str] | None, cfg: bool) -> torch.Tensor:
+        """Text embeddings as diffusers' ``encode_prompt``: ``cat([negative, positive])`` under CFG."""
+        with self._autocast():
+            cond, _ = encode_text(self.c.tokenizer, self.c.text_encoder, prompt)
+        if not cfg:
+            return cond
+        with torch.no_grad(), self._autocast():
+            uncond, _ = encode_text(self.c.tokenizer, self.c.text_encoder, negative_prompt or [""] * len(prompt))
+        return torch.cat([uncond.to(cond.dtype), cond])
+
+    def encode_image(self, image: torch.Tensor, generator: Generator) -> torch.Tensor:
+        """Sample VAE latents of ``image`` in [-1, 1] with ``generator`` (as diffusers does)."""
+        with torch.no_grad(), self._autocast():
+            dist = self.c.vae.encode(image.to(self.c.vae.dtype)).latent_dist
+        return dist.sample(generator).float() * self.c.vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Differentiable VAE decode to [0, 1] (diffusers' postprocess: ``(x / 2 + 0.5).clamp(0, 1)``)."""
+        with self._autocast():
+            image = self.c.vae.decode(latents.to(self.c.vae.dtype) / self.c.vae.config.scaling_factor).sample
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    def _denoise(self, model_input, t, embeds, extra, control, control_scale):
+        down, mid = None, None
+        if control is not None:
+            down, mid = self.c.controlnet(model_input, t, encoder_hidden_states=embeds, controlnet_cond=control,
+                                          conditioning_scale=control_scale, return_dict=False)
+        return self.c.unet(model_input if extra is None else torch.cat([model_input, *extra], dim=1), t,
+                           encoder_hidden_states=embeds, down_block_additional_residuals=down,
+                           mid_block_additional_residual=mid, return_dict=False)[0]
+
+    # ------------------------------------------------------------------ rollout
+    def check_inputs(self, prompt, num_steps, strength, guidance_scale, eta, source, object_mask,
+                     conditioning, height, width) -> None:
+        """Validate a rollout's arguments up front (ConfigError naming the bad one)."""
+        if not prompt or not all(isinstance(p, str) for p in prompt):
+            raise ConfigError(f"prompt={prompt!r} is invalid; expected a non-empty list of strings")
+        if not (isinstance(num_steps, int) and num_steps >= 1):
+            raise ConfigError(f"num_steps={num_steps!r} is invalid; expected an integer >= 1")
+        if not 0.0 < strength <= 1.0:
+            raise ConfigError(f"strength={strength!r} is invalid; expected 0 < strength <= 1")
+        if source is not None and int(num_steps * strength) < 1:
+            raise ConfigError(f"strength={strength} with num_steps={num_steps} leaves no step; raise either")
+        if guidance_scale < 0 or not 0.0 <= eta <= 1.0:
+            raise ConfigError(f"guidance_scale={guidance_scale} / eta={eta} invalid; expected >= 0 / in [0, 1]")
+        f = self.c.vae_scale_factor
+        if height % f or width % f:
+            raise ConfigError(f"image size {height}x{width} is not divisible by the VAE scale factor {f}")
+        for name, x, ch in (("source", source, 3), ("object_mask", object_mask, 1), ("conditioning", conditioning, 3)):
+            if x is not None and (x.ndim != 4 or x.shape[0] != len(prompt) or x.shape[1] != ch
+                                  or tuple(x.shape[-2:]) != (height, width)):
+                raise ConfigError(f"{name} has shape {tuple(x.shape)}; expected ({len(prompt)}, {ch}, {height}, {width})")
+        if object_mask is not None and source is None:
+            raise ConfigError("object_mask was given without source; inpainting needs the source image")
+        if self.c.unet.config.in_channels == 9 and object_mask is None:
+            raise ConfigError("this UNet is an inpainting UNet (9 input channels); pass source and object_mask")
+        if (self.c.controlnet is None) != (conditioning is None):
+            raise ConfigError("conditioning and a ControlNet go together; load a ControlNet or drop conditioning")
+
+    def __call__(
+        self,
+        prompt: list[str],
+        *,
+        num_steps: int = 5,
+        guidance_scale: float = 7.5,
+        eta: float = 0.0,
+        strength: float = 1.0,
+        negative_prompt: list[str] | None = None,
+        source: torch.Tensor | None = None,
+        object_mask: torch.Tensor | None = None,
+        paste: bool = False,
+        conditioning: torch.Tensor | None = None,
+        conditioning_scale: float = 1.0,
+        height: int | None = None,
+        width: int | None = None,
+        noise: torch.Tensor | None = None,
+        generator: Generator = None,
+        grad: bool = True,
+    ) -> RolloutOutput:
+        """Run one rollout.
+
+        Args:
+            prompt: one text per sample (placeholder tokens allowed).
+            num_steps: DDIM steps K (before SDEdit truncation).
+            guidance_scale: CFG scale; <= 1 disables CFG, as in diffusers.
+            eta: DDIM eta (0 = deterministic DDIM).
+            strength: SDEdit strength in (0, 1]; used when ``source`` is given.
+            negative_prompt: texts of the unconditional branch (default "").
+            source: source images (B, 3, H, W) in [0, 1] (SDEdit / inpainting start).
+            object_mask: (B, 1, H, W), 1 = object to keep; turns on inpainting.
+            paste: paste the source object pixels back: ``m * source + (1 - m) * decoded``.
+            conditioning: ControlNet condition images (B, 3, H, W) in [0, 1].
+            conditioning_scale: ControlNet conditioning scale.
+            height, width: output size for text-to-image (default: the UNet's sample size).
+            noise: initial noise (B, C, h, w) instead of drawing it (diffusers' ``latents=``).
+            generator: a ``torch.Generator`` or one per sample; drawn in diffusers' order.
+            grad: build a graph (optimisation) or run under ``no_grad`` (generation).
+
+        Returns:
+            :class:`RolloutOutput`.
+        """
+        ref = source if source is not None else conditioning
+        f = self.c.vae_scale_factor
+        height = height or (ref.shape[-2] if ref is not None else self.c.unet.config.sample_size * f)
+        width = width or (ref.shape[-1] if ref is not None else self.c.unet.config.sample_size * f)
+        self.check_inputs(prompt, num_steps, strength, guidance_scale, eta, source, object_mask,
+                          conditioning, height, width)
+        with (contextlib.nullcontext() if grad else torch.no_grad()):
+            return self._rollout(prompt, num_steps, guidance_scale, eta, strength, negative_prompt, source,
+                                 object_mask, paste, conditioning, conditioning_scale, height, width, noise,
+                                 generator, grad)
+
+    def _rollout(self, prompt, num_steps, guidance_scale, eta, strength, negative_prompt, source, object_mask,
+                 paste, conditioning, conditioning_scale, height, width, noise, generator, grad):
+        device, dtype = self.c.device, torch.float32
+        batch, cfg = len(prompt), guidance_scale > 1.0
+        nine = self.c.unet.config.in_channels == 9
+        mode = "txt2img" if source is None else ("img2img" if object_mask is None else ("inpaint9" if nine else "inpaint"))
+
+        # 1. Encode the prompt (differentiable w.r.t. learned placeholder rows).
+        embeds = self.encode_prompt(prompt, negative_prompt, cfg)
+
+        # 2. Timesteps on a fresh scheduler; SDEdit truncates them as diffusers' img2img does.
+        scheduler = self.new_scheduler()
+        # As diffusers' prepare_extra_step_kwargs: only DDIM-like schedulers take eta / generator.
+        accepted = set(inspect.signature(scheduler.step).parameters)
+        step_kwargs = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in accepted}
+        scheduler.set_timesteps(num_steps, device=device)
+        timesteps = scheduler.timesteps
+        if source is not None:
+            timesteps = timesteps[start_step(num_steps, strength) * scheduler.order:]
+        t0 = timesteps[:1].repeat(batch)
+
+        # 3. Initial latents, drawing from the generator in the pipelines' order.
+        shape = (batch, self.c.vae.config.latent_channels, height // self.c.vae_scale_factor,
+                 width // self.c.vae_scale_factor)
+        image = None if source is None else source.to(device, dtype) * 2 - 1
+        image_latents, extra, blend_mask = None, None, None
+        if mode == "txt2img":
+            noise = noise if noise is not None else randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            latents = noise * scheduler.init_noise_sigma
+        elif mode == "img2img":
+            image_latents = self.encode_image(image, generator)
+            noise = noise if noise is not None else randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            latents = scheduler.add_noise(image_latents, noise, t0)
+        else:
+            repaint = ((1 - object_mask.to(device, dtype)) >= 0.5).to(dtype)
+            if not nine or strength < 1.0:
+                image_latents = self.encode_image(image, generator)
+            noise = noise if noise is not None else randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            latents = noise * scheduler.init_noise_sigma if strength == 1.0 else \
+                scheduler.add_noise(image_latents, noise, t0)
+            mask_latent = torch.nn.functional.interpolate(repaint, size=shape[-2:])
+            # diffusers always encodes the masked image (one more draw); a 4-channel UNet only
+            # needs that draw to keep the stream aligned when eta > 0 draws again later.
+            if nine or eta > 0:
+                masked_latents = self.encode_image(image * (repaint < 0.5), generator)
+            if nine:
+                extra = [torch.cat([mask_latent] * 2) if cfg else mask_latent,
+                         torch.cat([masked_latents] * 2) if cfg else masked_latents]
+            else:
+                blend_mask = mask_latent
+        control = None
+        if conditioning is not None:
+            control = conditioning.to(device, dtype)
+            control = torch.cat([control] * 2) if cfg else control
+            mode += "+controlnet"
+
+        # 4. Denoising loop; each UNet call optionally checkpointed.
+        use_ckpt = grad and self.gradient_checkpointing and torch.is_grad_enabled()
+        for i, t in enumerate(timesteps):
+            model_input = torch.cat([latents] * 2) if cfg else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            with self._autocast():
+                if use_ckpt:
+                    pred = checkpoint(self._denoise, model_input, t, embeds, extra, control, conditioning_scale,
+                                      use_reentrant=False)
+                else:
+                    pred = self._denoise(model_input, t, embeds, extra, control, conditioning_scale)
+            pred = pred.float()
+            if cfg:
+                uncond, text = pred.chunk(2)
+                pred = uncond + guidance_scale * (text - uncond)
+            latents = scheduler.step(pred, t, latents, **step_kwargs, return_dict=False)[0]
+            if blend_mask is not None:
+                # RePaint-style blending: keep the source latents, noised to the next step, off-mask.
+                known = image_latents
+                if i < len(timesteps) - 1:
+                    known = scheduler.add_noise(image_latents, noise, timesteps[i + 1: i + 2])
+                latents = (1 - blend_mask) * known + blend_mask * latents
+
+        # 5. Decode, then paste the object back in pixel space.
+        decoded = self.decode(latents)
+        images = decoded
+        if paste and object_mask is not None:
+            m = object_mask.to(device, dtype)
+            images = m * source.to(device, dtype) + (1 - m) * decoded
+        return RolloutOutput(images=images, decoded=decoded, latents=latents,
+                             timesteps=[int(t) for t in timesteps], mode=mode)

@@ -1,0 +1,1 @@
+"""The embedded model zoo: tiny CLIP + tiny Stable Diffusion trained in-repo on the procedural world."""

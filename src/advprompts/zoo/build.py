@@ -1,0 +1,131 @@
+"""`zoo build`: retrain the embedded models from scratch, deterministically and resumably.
+
+Stages (each resumes from its own checkpoint in the work folder):
+1. tokenizer files (CLIP BPE), 2. render the web corpus, 3. CLIP, 4. VAE, 5. latents,
+6. UNet, 7. oracle; then the models are written as a diffusers pipeline folder (sd/), a
+transformers CLIP folder (clip/) and the oracle (oracle/), with a manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from advprompts.zoo.architectures import sample_scheduler
+from advprompts.zoo.corpus import render_corpus
+from advprompts.zoo.paths import sd_path
+from advprompts.zoo.tokenizer import write_tokenizer_files
+from advprompts.zoo.trainers import (CLIP_MEAN, CLIP_STD, ZooRecipe, encode_latents, train_clip, train_oracle,
+                                     train_unet, train_vae)
+
+logger = logging.getLogger(__name__)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(out: Path, recipe: ZooRecipe, extra: dict) -> Path:
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
+    manifest = {
+        "recipe": asdict(recipe),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "files": {str(p.relative_to(out)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files},
+        "total_mb": round(sum(p.stat().st_size for p in files) / 2**20, 2),
+        **extra,
+    }
+    path = out / "manifest.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    if "gates" in old and "gates" not in manifest:
+        manifest["gates"] = old["gates"]
+    path.write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+def save_models(out: Path, clip, tokenizer, vae, unet, oracle, dtype: torch.dtype) -> None:
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPImageProcessor, CLIPTextModel
+
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet,
+                                   scheduler=sample_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.to(dtype=dtype).save_pretrained(out / "sd", safe_serialization=True)
+    clip.to(dtype=dtype).save_pretrained(out / "clip", safe_serialization=True)
+    tokenizer.save_pretrained(out / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
+                       image_mean=CLIP_MEAN.flatten().tolist(), image_std=CLIP_STD.flatten().tolist()
+                       ).save_pretrained(out / "clip")
+    oracle.save(out / "oracle")
+    clip.float()
+
+
+def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | None = None,
+          dtype: torch.dtype = torch.float16) -> Path:
+    """Train every embedded model and write them to `out` (resumable via `work`)."""
+    from transformers import CLIPTokenizer
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    work.mkdir(parents=True, exist_ok=True)
+    log_file = work / "train_log.csv"
+    t0 = time.time()
+    times = {}
+    # 1. Tokenizer
+    tok_dir = write_tokenizer_files(work / "tokenizer", bpe_gz=bpe, fallback=sd_path() / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    # 2. Corpus
+    corpus = render_corpus(recipe.corpus_size, recipe.seed, cache=work / f"corpus_{recipe.corpus_size}.npz")
+    times["corpus_s"] = time.time() - t0
+    # 3. CLIP
+    t = time.time()
+    clip = train_clip(corpus, tokenizer, recipe, work, log_file)
+    times["clip_s"] = time.time() - t
+    # 4. VAE
+    t = time.time()
+    vae = train_vae(corpus, recipe, work, log_file)
+    times["vae_s"] = time.time() - t
+    # 5. Latents, scaled to unit variance as SD's scaling_factor does
+    t = time.time()
+    lat_file = work / "latents.pt"
+    if lat_file.exists():
+        latents = torch.load(lat_file)
+    else:
+        latents = encode_latents(vae, corpus)
+        torch.save(latents, lat_file)
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    times["latents_s"] = time.time() - t
+    # 6. UNet on the frozen CLIP text tower
+    t = time.time()
+    unet = train_unet(corpus, latents * scaling, clip.text_model, tokenizer, recipe, work, log_file)
+    times["unet_s"] = time.time() - t
+    # 7. Oracle
+    t = time.time()
+    oracle = train_oracle(corpus, recipe, work, log_file)
+    times["oracle_s"] = time.time() - t
+    save_models(out, clip, tokenizer, vae, unet, oracle, dtype)
+    times["total_s"] = time.time() - t0
+    write_manifest(out, recipe, {"build_times_s": {k: round(v, 1) for k, v in times.items()},
+                                 "dtype": str(dtype).replace("torch.", "")})
+    logger.info("zoo built in %.1f min -> %s", times["total_s"] / 60, out)
+    return out
+
+
+if __name__ == "__main__":  # python -m advprompts.zoo.build OUT WORK [BPE]
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    build(Path(sys.argv[1]), Path(sys.argv[2]), bpe=Path(sys.argv[3]) if len(sys.argv) > 3 else None)

@@ -1,0 +1,28 @@
+"""Where the embedded (shipped) models live on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Folder of the committed weights; ADVPROMPTS_ZOO_DIR points elsewhere (e.g. a fresh `zoo build`).
+ZOO_DIR = Path(os.environ.get("ADVPROMPTS_ZOO_DIR", Path(__file__).parent / "embedded"))
+
+
+def zoo_dir() -> Path:
+    return Path(os.environ.get("ADVPROMPTS_ZOO_DIR", ZOO_DIR))
+
+
+def sd_path() -> Path:
+    """Diffusers pipeline folder of the tiny Stable Diffusion (StableDiffusionPipeline.from_pretrained)."""
+    return zoo_dir() / "sd"
+
+
+def clip_path() -> Path:
+    """transformers CLIPModel folder of the tiny CLIP (its text tower is sd/text_encoder)."""
+    return zoo_dir() / "clip"
+
+
+def oracle_path() -> Path:
+    """Oracle classifiers (object, place, time) trained on renderer ground truth; judge generations."""
+    return zoo_dir() / "oracle"

@@ -1,0 +1,170 @@
+"""Trainers of the embedded models: CLIP (contrastive), VAE, UNet (noise prediction), oracle.
+
+Every batch is drawn from the step number alone (seeded), so runs are deterministic and a
+resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from advprompts.zoo.architectures import make_clip, make_unet, make_vae, train_scheduler
+from advprompts.zoo.corpus import Corpus
+from advprompts.zoo.oracle import Oracle
+from advprompts.zoo.train_common import EMA, train_loop
+
+logger = logging.getLogger(__name__)
+
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
+@dataclass(frozen=True)
+class ZooRecipe:
+    """Steps and batch sizes of `zoo build` (defaults: the committed models)."""
+
+    seed: int = 0
+    corpus_size: int = 60_000
+    clip_steps: int = 1000
+    clip_batch: int = 192
+    vae_steps: int = 1000
+    vae_batch: int = 32
+    unet_steps: int = 4000
+    unet_batch: int = 64
+    unet_lr: float = 6e-4
+    caption_dropout: float = 0.1
+    oracle_steps: int = 600
+    oracle_batch: int = 128
+
+
+def clip_pixels(images_pm1: torch.Tensor) -> torch.Tensor:
+    return ((images_pm1 + 1) / 2 - CLIP_MEAN) / CLIP_STD
+
+
+class Tokenize:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._one = lru_cache(maxsize=200_000)(self._ids)
+
+    def _ids(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                    truncation=True).input_ids)
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        return torch.tensor([self._one(t) for t in texts])
+
+
+def _batch_rng(seed: int, stage: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stage, step])
+
+
+def train_clip(corpus: Corpus, tokenizer, recipe: ZooRecipe, work: Path, log_file: Path):
+    """Contrastive CLIP; a caption matches every image agreeing with what the caption says."""
+    model = make_clip(recipe.seed)
+    tok = Tokenize(tokenizer)
+
+    def step_fn(step):
+        rng = _batch_rng(recipe.seed, 1, step)
+        idx = rng.integers(0, len(corpus), recipe.clip_batch)
+        caps = corpus.captions(idx, rng)
+        out = model(input_ids=tok([c.text for c in caps]), pixel_values=clip_pixels(corpus.image_batch(idx)))
+        obj, place, night = (torch.from_numpy(a[idx]) for a in (corpus.obj, corpus.place, corpus.night))
+        says_obj = torch.tensor([c.says_object for c in caps])[:, None]
+        says_place = torch.tensor([c.says_place for c in caps])[:, None]
+        match = ((~says_obj | (obj[:, None] == obj[None])) & (~says_place | (place[:, None] == place[None]))
+                 & (night[:, None] == night[None])).float()  # [text, image]
+        lt = -(F.log_softmax(out.logits_per_text, 1) * match / match.sum(1, keepdim=True)).sum(1).mean()
+        mi = match.t()
+        li = -(F.log_softmax(out.logits_per_image, 1) * mi / mi.sum(1, keepdim=True)).sum(1).mean()
+        return {"loss": (lt + li) / 2}
+
+    # No weight decay: untouched vocabulary rows keep their initial distribution.
+    train_loop("clip", model, model.parameters(), step_fn, recipe.clip_steps, lr=1e-3,
+               ckpt=work / "clip.pt", warmup=200, log_file=log_file)
+    return model.eval()
+
+
+def train_vae(corpus: Corpus, recipe: ZooRecipe, work: Path, log_file: Path):
+    vae = make_vae(recipe.seed)
+
+    def step_fn(step):
+        rng = _batch_rng(recipe.seed, 2, step)
+        x = corpus.image_batch(rng.integers(0, len(corpus), recipe.vae_batch))
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=torch.Generator().manual_seed(step))).sample
+        l1 = (rec - x).abs().mean()
+        mse = (rec - x).pow(2).mean()
+        kl = post.kl().mean()
+        return {"loss": l1 + mse + 1e-6 * kl, "l1": l1}
+
+    train_loop("vae", vae, vae.parameters(), step_fn, recipe.vae_steps, lr=1e-3, ckpt=work / "vae.pt",
+               warmup=100, log_file=log_file)
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae, corpus: Corpus, batch: int = 500) -> torch.Tensor:
+    """Posterior means of the whole corpus (the KL weight is tiny, so the posterior std is too)."""
+    out = [vae.encode(corpus.image_batch(np.arange(i, min(i + batch, len(corpus))))).latent_dist.mean
+           for i in range(0, len(corpus), batch)]
+    return torch.cat(out)
+
+
+def train_unet(corpus: Corpus, latents: torch.Tensor, text_encoder, tokenizer, recipe: ZooRecipe, work: Path,
+               log_file: Path):
+    """Noise prediction with caption dropout (for CFG) and min-SNR-5 loss weighting."""
+    unet = make_unet(recipe.seed)
+    ema = EMA(unet, 0.999)
+    sched = train_scheduler()
+    alphas = sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    tok = Tokenize(tokenizer)
+    text_encoder.requires_grad_(False)
+
+    def step_fn(step):
+        rng = _batch_rng(recipe.seed, 3, step)
+        idx = rng.integers(0, len(corpus), recipe.unet_batch)
+        texts = [c.text if rng.random() >= recipe.caption_dropout else "" for c in corpus.captions(idx, rng)]
+        with torch.no_grad():
+            cond = text_encoder(tok(texts))[0]
+        g = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
+        z0 = latents[idx]
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
+        pred = unet(sched.add_noise(z0, noise, t), t, cond).sample
+        w = torch.clamp(snr[t], max=5.0) / snr[t]
+        loss = (w * (pred - noise).pow(2).mean((1, 2, 3))).mean()
+        return {"loss": loss}
+
+    train_loop("unet", unet, unet.parameters(), step_fn, recipe.unet_steps, lr=recipe.unet_lr, ckpt=work / "unet.pt",
+               warmup=200, ema=ema, log_file=log_file, ckpt_every=100)
+    unet.load_state_dict(ema.state_dict())
+    return unet.eval()
+
+
+def train_oracle(corpus: Corpus, recipe: ZooRecipe, work: Path, log_file: Path) -> Oracle:
+    """Oracle on renders, with blur and noise so that it judges soft generations fairly."""
+    oracle = Oracle()
+
+    def step_fn(step):
+        rng = _batch_rng(recipe.seed, 4, step)
+        idx = rng.integers(0, len(corpus), recipe.oracle_batch)
+        x = corpus.image_batch(idx)
+        g = torch.Generator().manual_seed(step)
+        if rng.random() < 0.5:
+            x = F.avg_pool2d(F.interpolate(x, scale_factor=2, mode="bilinear"), 2, 2) if rng.random() < 0.5 else \
+                F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="bilinear")
+        x = x + torch.randn(x.shape, generator=g) * float(rng.uniform(0, 0.08))
+        obj, place, night = (torch.from_numpy(a[idx]).long() for a in (corpus.obj, corpus.place, corpus.night))
+        return {"loss": oracle.loss(x, obj, place, night)}
+
+    train_loop("oracle", oracle, oracle.parameters(), step_fn, recipe.oracle_steps, lr=2e-3,
+               ckpt=work / "oracle.pt", warmup=100, weight_decay=1e-4, log_file=log_file)
+    return oracle.eval()

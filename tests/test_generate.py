@@ -1,0 +1,95 @@
+"""Generation: text-to-image equals diffusers, source-conditioned sets, shards, resume, atomicity."""
+
+from __future__ import annotations
+
+import csv
+import copy
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from advprompts.config.schema import GenerateConfig
+from advprompts.data import FolderDataset
+from advprompts.errors import OutputExistsError, ShardError
+from advprompts.generate import generate_dataset, generate_text2img, parse_shard
+from advprompts.models.tiny import save_tiny_pipeline
+from advprompts.prompts import LearnablePrompt
+
+
+def _rows(path):
+    return list(csv.DictReader(open(path / "metadata.csv")))
+
+
+def test_text2img_matches_from_pretrained_pipeline(tmp_path):
+    model = save_tiny_pipeline(tmp_path / "model")
+    pipe = StableDiffusionPipeline.from_pretrained(str(model))
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe("a red bird", num_images_per_prompt=5, num_inference_steps=3, guidance_scale=4.0,
+               generator=torch.Generator().manual_seed(9)).images
+    # Two shards with a batch size that does not divide the count: same images, same order.
+    for i in range(2):
+        res = generate_text2img(str(model), "a red bird", num_images=5, steps=3, guidance_scale=4.0, seed=9,
+                                out=tmp_path / "out", shard=(i, 2), batch_size=2)
+        assert res.written == (3 if i == 0 else 2)
+    for k, image in enumerate(ref):
+        ours = np.asarray(Image.open(tmp_path / "out" / f"images/{k:05d}.png")).astype(int)
+        assert np.abs(ours - np.asarray(image).astype(int)).max() == 0, f"image {k} differs"
+    assert [r["file_name"] for r in _rows(tmp_path / "out")] == [f"images/{k:05d}.png" for k in range(5)]
+    again = generate_text2img(str(model), "a red bird", num_images=5, steps=3, guidance_scale=4.0, seed=9,
+                              out=tmp_path / "out", shard=(0, 2), batch_size=2)
+    assert again.written == 0 and again.skipped == 3
+    with pytest.raises(OutputExistsError, match="different run"):
+        generate_text2img(str(model), "a blue bird", num_images=5, steps=3, guidance_scale=4.0, seed=9,
+                          out=tmp_path / "out")
+
+
+def _gen_config(prompt_file, **kw):
+    base = dict(model={"diffusion": "tiny", "device": "cpu"}, source="tiny-synth:train",
+                sampler={"num_steps": 2, "guidance_scale": 3.0, "strength": 0.9}, prompt_files=[str(prompt_file)],
+                prompts=["a {class} on snow"], batch_size=3, seed=1)
+    base.update(kw)
+    return GenerateConfig.model_validate(base)
+
+
+def test_source_conditioned_generation_shards_resume_and_readers(tiny, _tiny_session, tmp_path):
+    learned = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=2, template="a {class} {prompt}")
+    path = learned.save(tmp_path / "prompt_s0.safetensors")
+    comps = copy.deepcopy(_tiny_session["txt2img"]).freeze()
+    config = _gen_config(path)
+    full = generate_dataset(config, tmp_path / "full", components=comps)
+    assert full.total == 16 * 2 and full.written == 32
+    rows = _rows(tmp_path / "full")
+    assert len(rows) == 32 and len({r["file_name"] for r in rows}) == 32
+    assert {r["prompt"] for r in rows} == {"a square <gen0>", "a disc <gen0>", "a square on snow", "a disc on snow"}
+    assert all(r["label"] == str(int(r["source_file"].split("/")[1][:4]) % 2) for r in rows)
+
+    # Sharded + interrupted run gives byte-identical images with no duplicate rows.
+    comps2 = copy.deepcopy(_tiny_session["txt2img"]).freeze()
+    sharded = tmp_path / "sharded"
+    generate_dataset(config, sharded, shard="1/3", components=comps2)
+    (sharded / "images" / "00004.png").unlink()  # a crash lost this image of shard 1
+    for i in range(3):
+        generate_dataset(config, sharded, shard=f"{i}/3", components=copy.deepcopy(_tiny_session["txt2img"]).freeze())
+    rows2 = _rows(sharded)
+    assert [r["file_name"] for r in rows2] == [r["file_name"] for r in rows]
+    for r in rows:
+        assert (tmp_path / "full" / r["file_name"]).read_bytes() == (sharded / r["file_name"]).read_bytes()
+    assert not list(sharded.rglob("*.tmp*"))
+
+    # The folder is a dataset for us and for HF datasets.
+    ds = FolderDataset(tmp_path / "full")
+    assert len(ds) == 32 and ds[0]["image"].shape == (3, 16, 16)
+    from datasets import load_dataset
+
+    hf = load_dataset("imagefolder", data_dir=str(tmp_path / "full"), split="train")
+    assert len(hf) == 32 and "prompt" in hf.column_names
+
+
+def test_bad_shards_are_rejected():
+    for bad in ("3/3", "1", "a/b", "-1/2", "0/0"):
+        with pytest.raises(ShardError):
+            parse_shard(bad)
+    assert parse_shard("2/5") == (2, 5)

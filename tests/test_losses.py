@@ -1,0 +1,133 @@
+"""Loss terms: registry, values on known inputs, warm-up, early stop, guidance targets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from advprompts.errors import ConfigError
+from advprompts.losses import LossInputs, LossResources, LossSet, WeightedTerm, build_loss, list_losses, register_loss
+from advprompts.losses.adversarial import ssi_loss
+from advprompts.prompts import LearnablePrompt
+from advprompts.tasks.models import list_task_models, load_task_model
+
+
+class _Fixed(torch.nn.Module):
+    """Returns fixed logits (or a dense map derived from the image) to test the terms exactly."""
+
+    def __init__(self, logits=None):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, images):
+        return self.logits if self.logits is not None else images[:, :1] * 2 + 1
+
+
+def _term(name, model=None, **params):
+    term = build_loss(name, **params)
+    term.setup(LossResources(task_model=model))
+    return term
+
+
+def test_registry():
+    assert {"opposite_ce", "neg_ce", "uniform_ce", "neg_l1", "neg_ssi", "text_l2", "text_cosine",
+            "image_cosine", "image_l2", "ti_denoise"} <= set(list_losses())
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss("neg_ce")(type("Dup", (), {}))
+    with pytest.raises(ConfigError, match="has no parameter 'bogus'"):
+        build_loss("neg_ce", bogus=1)
+
+
+def test_classification_terms_on_known_logits():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    inputs = LossInputs(images=torch.zeros(2, 3, 4, 4), labels=labels)
+    logp = torch.log_softmax(logits, -1)
+    opp = _term("opposite_ce", _Fixed(logits))(inputs)
+    assert math.isclose(opp.item(), -(logp[0, 1] + logp[1, 0]).item() / 2, rel_tol=1e-6)
+    tgt = _term("opposite_ce", _Fixed(logits), target_class=1)(inputs)
+    assert math.isclose(tgt.item(), -(logp[0, 1] + logp[1, 1]).item() / 2, rel_tol=1e-6)
+    neg = _term("neg_ce", _Fixed(logits))(inputs)
+    assert math.isclose(neg.item(), (logp[0, 0] + logp[1, 1]).item() / 2, rel_tol=1e-6)
+    uni = _term("uniform_ce", _Fixed(logits))(inputs)
+    assert math.isclose(uni.item(), -logp.mean().item(), rel_tol=1e-6)
+    with pytest.raises(ConfigError, match="binary"):
+        _term("opposite_ce", _Fixed(torch.zeros(2, 3)))(inputs)
+    with pytest.raises(ConfigError, match="needs a task model"):
+        _term("neg_ce")
+
+
+def test_dense_terms_and_early_stop():
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    dense = images[:, :1] * 2 + 1  # the _Fixed model predicts exactly this
+    term = _term("neg_l1", _Fixed(), stop_threshold=0.5)
+    assert term(LossInputs(images=images, dense=dense)).item() == 0.0 and not term.should_stop()
+    value = term(LossInputs(images=images, dense=dense + 0.75))
+    assert math.isclose(value.item(), -0.75, rel_tol=1e-6) and term.should_stop()
+    # SSI ignores scale and shift but not shape.
+    assert ssi_loss(dense * 3 - 2, dense).item() < 1e-5
+    assert ssi_loss(torch.rand(2, 1, 8, 8), dense).item() > 0.05
+
+
+def test_warmup_and_weights_are_logged_separately():
+    logits = torch.tensor([[2.0, 0.0]])
+    model = _Fixed(logits)
+    a, b = build_loss("neg_ce"), build_loss("uniform_ce")
+    losses = LossSet([WeightedTerm(a, 2.0, 0), WeightedTerm(b, 1.0, warmup=3)])
+    losses.setup(LossResources(task_model=model))
+    inputs = LossInputs(images=torch.zeros(1, 3, 2, 2), labels=torch.tensor([0]), step=1)
+    total, logs = losses(inputs)
+    assert logs["uniform_ce"] == 0.0 and math.isclose(total.item(), 2 * logs["neg_ce"], rel_tol=1e-6)
+    inputs.step = 3
+    total, logs = losses(inputs)
+    assert math.isclose(total.item(), 2 * logs["neg_ce"] + logs["uniform_ce"], rel_tol=1e-6)
+
+
+def test_text_guidance_pulls_towards_the_descriptions(tiny):
+    prompt = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=3, prefix="t")
+    term = build_loss("text_l2", descriptions=["snow", "sand"], renormalize=True)
+    term.setup(LossResources(components=tiny))
+    cos = build_loss("text_cosine", descriptions=["snow", "sand"])
+    cos.setup(LossResources(components=tiny))
+    opt = torch.optim.Adam(prompt.parameters(), lr=0.05)
+    inputs = LossInputs(images=torch.zeros(1, 3, 4, 4), prompt=prompt)
+    first = term(inputs).item()
+    first_cos = cos(inputs).item()
+    for _ in range(30):
+        opt.zero_grad()
+        term(inputs).backward()
+        opt.step()
+    assert term(inputs).item() < 0.5 * first and cos(inputs).item() < first_cos
+    assert -1.0 <= first_cos <= 1.0
+
+
+def test_image_guidance_and_ti_denoise(tiny):
+    prompt = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=2, prefix="i")
+    img = build_loss("image_cosine", target_images="tiny-synth:target", clip="tiny", max_images=4)
+    img.setup(LossResources(components=tiny))
+    images = torch.rand(2, 3, 16, 16, requires_grad=True)
+    value = img(LossInputs(images=images))
+    value.backward()
+    assert -1 <= value.item() <= 1 and images.grad.abs().sum() > 0
+    ti = build_loss("ti_denoise", target_images="tiny-synth:target", batch_size=2, max_images=4)
+    ti.setup(LossResources(components=tiny))
+    loss = ti(LossInputs(images=images, prompt=prompt, generator=torch.Generator().manual_seed(0)))
+    loss.backward()
+    assert loss.item() > 0 and prompt.embeddings.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18"])
+def test_task_models_map_images_to_logits_and_load_weights(arch, tmp_path):
+    torch.manual_seed(0)
+    model = load_task_model(arch, 3)
+    x = torch.rand(2, 3, 32, 32)
+    assert model(x).shape == (2, 3)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.net.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    torch.manual_seed(1)
+    again = load_task_model(arch, 3, weights=tmp_path / "w.safetensors")
+    assert torch.equal(model(x), again(x))
+    assert set(list_task_models()) >= {"small_cnn", "resnet18", "resnet50", "vit_b_16"}
