@@ -23,8 +23,14 @@ setup: $(STAMP)
 test: setup
 	$(BIN)/python -m pytest
 
+# Until `advprompts demo` (the closed loop on the embedded benchmark) and the embedded weights
+# land: the quickest real end-to-end run on tiny models: GAP optimisation, then label-preserving
+# generation of a dataset from the learned prompts.
 demo: setup
-	$(BIN)/advprompts demo --quick --out runs/demo
+	$(BIN)/advprompts optimize --config tiny-gap --out runs/demo/gap --overwrite
+	$(BIN)/advprompts generate --model tiny --source tiny-synth:train --prompt-file runs/demo/gap/prompt_c0-s0.safetensors \
+		--prompt-file runs/demo/gap/prompt_c1-s0.safetensors --steps 2 --guidance-scale 3 --out runs/demo/generated --overwrite
+	@echo "demo outputs: runs/demo/gap (prompts, log.csv) and runs/demo/generated (images/ + metadata.csv)"
 
 clean:
 	rm -rf $(VENV) runs

@@ -20,12 +20,14 @@ import torch
 
 from advprompts.zoo.architectures import sample_scheduler
 from advprompts.zoo.corpus import render_corpus
-from advprompts.zoo.paths import sd_path
 from advprompts.zoo.tokenizer import write_tokenizer_files
 from advprompts.zoo.trainers import (CLIP_MEAN, CLIP_STD, ZooRecipe, encode_latents, train_clip, train_oracle,
                                      train_unet, train_vae)
 
 logger = logging.getLogger(__name__)
+
+#: CLIP BPE tokenizer files (what open_clip's bpe_simple_vocab_16e6.txt.gz builds), for offline rebuilds.
+COMMITTED_TOKENIZER = Path(__file__).parent / "clip_tokenizer"
 
 
 def sha256(path: Path) -> str:
@@ -84,7 +86,7 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
     t0 = time.time()
     times = {}
     # 1. Tokenizer
-    tok_dir = write_tokenizer_files(work / "tokenizer", bpe_gz=bpe, fallback=sd_path() / "tokenizer")
+    tok_dir = write_tokenizer_files(work / "tokenizer", bpe_gz=bpe, fallback=COMMITTED_TOKENIZER)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     # 2. Corpus
     corpus = render_corpus(recipe.corpus_size, recipe.seed, cache=work / f"corpus_{recipe.corpus_size}.npz")

@@ -106,10 +106,10 @@ def clip_zero_shot(clip_dir: Path, n: int, seed: int) -> tuple[float, float]:
 def diversity(pipe, steps: int, cfg: float, seed: int) -> float:
     """Mean pairwise pixel distance across seeds for one prompt, relative to real renders' spread."""
     prompts = [canonical_prompt(OBJECT_NAMES[i % 12], PLACE_NAMES[(i * 7) % 12]) for i in range(12)]
-    gen = _pipe_images(pipe, [p for p in prompts for _ in range(4)], steps, cfg, seed).view(12, 4, -1)
+    gen = _pipe_images(pipe, [p for p in prompts for _ in range(4)], steps, cfg, seed).reshape(12, 4, -1)
     rng = np.random.default_rng(seed)
     real, _ = _renders(rng, [(OBJECT_NAMES[i % 12], PLACE_NAMES[(i * 7) % 12]) for i in range(12) for _ in range(4)])
-    real = real.view(12, 4, -1)
+    real = real.reshape(12, 4, -1)
 
     def spread(t):
         d = torch.cdist(t, t)  # [12, 4, 4]
