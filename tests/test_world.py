@@ -75,3 +75,10 @@ def test_captions_vary_and_say_what_they_mention():
         if c.says_place:
             assert any(w in c.text for w in ("snow",))
     assert canonical_prompt("impala", "bamboo forest") == "a photo of an impala in a bamboo forest"
+
+
+def test_public_api_resolves_lazily():
+    import advprompts
+
+    for name in advprompts.__all__:
+        assert getattr(advprompts, name) is not None, name

@@ -5,4 +5,31 @@ learn prompt embeddings that make a text-to-image diffusion model generate the
 training images a given model needs, then generate, fine-tune and measure.
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+# Public API, imported lazily so that `import advprompts` (and the CLI's --help) stays fast.
+_EXPORTS = {
+    "load_config": "advprompts.config.presets",
+    "list_presets": "advprompts.config.presets",
+    "load_components": "advprompts.models.loading",
+    "load_clip": "advprompts.models.loading",
+    "LearnablePrompt": "advprompts.prompts",
+    "Sampler": "advprompts.sampler",
+    "optimize": "advprompts.optimize",
+    "generate_dataset": "advprompts.generate",
+    "generate_text2img": "advprompts.generate",
+    "list_losses": "advprompts.losses",
+    "load_task_model": "advprompts.tasks.models",
+    "FolderDataset": "advprompts.data.folder",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'advprompts' has no attribute {name!r}")

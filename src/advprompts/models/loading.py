@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,37 @@ def _resolve_spec(spec: str) -> tuple[str, bool]:
         if not path.is_dir():
             raise ModelLoadError(f"model folder {spec!r} does not exist; {_howto(spec)}")
         return str(path), True
-    return spec, False
+    return _resolve_hub(spec)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _resolve_hub(repo: str) -> tuple[str, bool]:
+    """A hub id: its cached snapshot if there is one; else fail at once when the hub cannot be reached.
+
+    Without this, huggingface_hub retries every file for minutes before the first error.
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo, local_files_only=True), True
+    except Exception:  # not (fully) cached: any huggingface_hub error means the same here
+        pass
+    if _offline() or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if _offline() else "the hub cannot be reached"
+        raise ModelLoadError(f"model {repo!r} is not in the local cache and {why}; {_howto(repo)}")
+    return repo, False
 
 
 def check_pipeline_folder(path: str | Path, parts: dict[str, str | None] = PIPELINE_PARTS) -> None:
