@@ -137,3 +137,18 @@ def test_gap_preset_runs_guidance_with_warmup(_tiny_session, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "gap" / "log.csv")))
     assert float(rows[0]["opposite_ce"]) == 0.0 and float(rows[1]["opposite_ce"]) > 0  # warm-up of 1 step
     assert all(float(r["text_l2"]) > 0 and float(r["image_cosine"]) < 0 for r in rows)
+
+
+def test_gradient_accumulation_runs_every_micro_batch(_tiny_session, tmp_path):
+    calls = []
+    base = ["optim.steps=2", "log.tensorboard=false", "log.sample_every=0"]
+    one = optimize(load_config("tiny-ap", base), tmp_path / "a",
+                   components=copy.deepcopy(_tiny_session["txt2img"]).freeze(), task_model=_task())
+    two = optimize(load_config("tiny-ap", base + ["optim.grad_accum=2"]), tmp_path / "b",
+                   components=copy.deepcopy(_tiny_session["txt2img"]).freeze(), task_model=_task(),
+                   on_step=lambda key, step, values: calls.append(step))
+    assert len(calls) == 2  # one optimiser step per accumulated step
+    from safetensors.torch import load_file
+
+    a, b = (next(iter(load_file(r.prompt_files[0]).values())) for r in (one, two))
+    assert torch.isfinite(b).all() and not torch.equal(a, b)  # the second micro-batch changed the update

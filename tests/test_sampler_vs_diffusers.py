@@ -144,3 +144,18 @@ def test_check_inputs_rejects_bad_arguments(tiny, tiny_inpaint9):
         sampler(PROMPTS, source=images[:1], grad=False)
     with pytest.raises(ConfigError, match="inpainting UNet"):
         Sampler(tiny_inpaint9)(PROMPTS, grad=False)
+
+
+def test_bf16_autocast_stays_close_to_float32_and_keeps_gradients(tiny):
+    from advprompts.prompts import LearnablePrompt
+
+    prompt = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=2, seed=0)
+    kw = dict(num_steps=2, guidance_scale=5.0, height=16, width=16)
+    ref = Sampler(tiny)([prompt.text()], generator=torch.Generator().manual_seed(0), grad=False, **kw).images
+    out = Sampler(tiny, autocast_dtype=torch.bfloat16)([prompt.text()], generator=torch.Generator().manual_seed(0),
+                                                        grad=True, **kw).images
+    assert out.dtype == torch.float32 or out.dtype == torch.bfloat16
+    assert 0 < (out.float() - ref).abs().max() < 0.1  # bf16 rounding, not a different image
+    out.float().mean().backward()
+    assert prompt.embeddings.grad is not None and torch.isfinite(prompt.embeddings.grad).all()
+    assert prompt.embeddings.grad.abs().sum() > 0
