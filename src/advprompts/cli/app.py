@@ -6,14 +6,12 @@ command, append ``(name, "module.path")`` to :data:`COMMANDS` (the module define
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 import sys
 
 import typer
 
-from advprompts.errors import AdvPromptsError
 
 #: (command name, module defining ``main``); extended by the lead (data, zoo, demo, experiment).
 COMMANDS: list[tuple[str, str]] = [
@@ -21,25 +19,10 @@ COMMANDS: list[tuple[str, str]] = [
     ("generate", "advprompts.cli.commands.generate"),
     ("presets", "advprompts.cli.commands.presets"),
     ("zoo", "advprompts.cli.commands.zoo"),
+    ("data", "advprompts.cli.commands.data"),
 ]
 
-_STATE = {"debug": False}
-
-
-def handle_errors(fn):
-    """Turn an AdvPromptsError into one line on stderr and exit status 2 (traceback with --debug)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except AdvPromptsError as exc:
-            if _STATE["debug"]:
-                raise
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=exc.exit_code) from None
-
-    return wrapper
+from advprompts.cli._errors import _STATE, handle_errors  # noqa: E402
 
 
 def build_app(commands: list[tuple[str, str]] | None = None) -> typer.Typer:

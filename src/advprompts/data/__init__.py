@@ -4,3 +4,7 @@ from advprompts.data import synthetic  # noqa: F401  (registers tiny-synth)
 from advprompts.data.folder import FolderDataset, collate, list_datasets, load_images, register_dataset, resolve_dataset
 
 __all__ = ["FolderDataset", "collate", "list_datasets", "load_images", "register_dataset", "resolve_dataset"]
+
+from advprompts.world.benchmarks import _register_shipped  # noqa: E402
+
+_register_shipped()  # waterbirds-synth, wildcam-synth, ...

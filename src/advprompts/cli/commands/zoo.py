@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from advprompts.cli.app import handle_errors
+from advprompts.cli._errors import handle_errors
 
 app = typer.Typer(help=__doc__.splitlines()[0], no_args_is_help=True)
 

@@ -1,0 +1,169 @@
+"""Benchmarks of the embedded world, declared in YAML: classes, places, splits with their group
+structure (how attributes correlate with the label), target descriptions and target images.
+
+`export_benchmark` renders a benchmark into the folder format every loader of advprompts reads
+(images/, masks/, metadata.csv); registered names (`waterbirds-synth:train`) export once into a
+cache folder and load from there.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from advprompts.errors import ConfigError
+from advprompts.world.captions import caption
+from advprompts.world.objects import OBJECTS
+from advprompts.world.places import LAND_PLACES, PLACES, WATER_PLACES
+from advprompts.world.render import camera_location, random_scene, render
+
+BENCHMARK_DIR = Path(__file__).parent / "benchmarks"
+COLUMNS = ["file_name", "label", "label_name", "group", "place", "location", "time", "split", "mask_file", "caption"]
+PLACE_SETS = {"water": WATER_PLACES, "land": LAND_PLACES, "all": tuple(PLACES)}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Cell(_Strict):
+    """One kind of image in a split: which classes, where, when; drawn with probability ~ weight."""
+
+    classes: list[str] | Literal["*"] = "*"
+    places: list[str] | Literal["water", "land", "all"] | None = None  # None: the camera location's place
+    locations: list[int] | None = None
+    times: list[Literal["day", "night"]] = ["day"]
+    weight: float = 1.0
+
+
+class Split(_Strict):
+    size: int = Field(gt=0)
+    cells: list[Cell]
+    balanced: bool = False  # True: image i comes from cell i mod len(cells), so groups are exactly equal
+
+
+class Benchmark(_Strict):
+    name: str
+    description: str = ""
+    classes: list[str]  # label order
+    class_objects: dict[str, list[str | None]]  # class -> world objects (None: an empty scene)
+    class_weights: dict[str, float] = {}  # imbalance when a cell draws from several classes
+    group: str = "{class}-{place_type}"  # keys: class, place, place_type, location, time
+    splits: dict[str, Split]
+    target_split: str | None = None  # unlabelled target images for image guidance
+    target_descriptions: list[str] = []
+    seed: int = 0
+
+    def check(self) -> "Benchmark":
+        for cls, objs in self.class_objects.items():
+            if cls not in self.classes:
+                raise ConfigError(f"benchmark {self.name}: class_objects names unknown class {cls!r}")
+            for o in objs:
+                if o is not None and o not in OBJECTS:
+                    raise ConfigError(f"benchmark {self.name}: unknown object {o!r}; known: {', '.join(OBJECTS)}")
+        for split in self.splits.values():
+            for cell in split.cells:
+                for p in cell.places if isinstance(cell.places, list) else []:
+                    if p not in PLACES:
+                        raise ConfigError(f"benchmark {self.name}: unknown place {p!r}; known: {', '.join(PLACES)}")
+        return self
+
+
+def list_benchmarks() -> list[str]:
+    return sorted(p.stem for p in BENCHMARK_DIR.glob("*.yaml"))
+
+
+def load_benchmark(name_or_file: str | Path) -> Benchmark:
+    path = Path(name_or_file)
+    if not path.is_file():
+        path = BENCHMARK_DIR / f"{name_or_file}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown benchmark {str(name_or_file)!r}; shipped: {', '.join(list_benchmarks())}, "
+                          "or pass a YAML file")
+    try:
+        return Benchmark(**yaml.safe_load(path.read_text())).check()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"benchmark {path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def _draw(bench: Benchmark, split: str, index: int) -> dict:
+    rng = np.random.default_rng([bench.seed, int(hashlib.md5(split.encode()).hexdigest()[:8], 16), index])
+    cells = bench.splits[split].cells
+    if bench.splits[split].balanced:
+        cell = cells[index % len(cells)]
+    else:
+        cell = cells[rng.choice(len(cells), p=np.array([c.weight for c in cells]) / sum(c.weight for c in cells))]
+    classes = bench.classes if cell.classes == "*" else cell.classes
+    w = np.array([bench.class_weights.get(c, 1.0) for c in classes])
+    cls = str(classes[rng.choice(len(classes), p=w / w.sum())])
+    objs = bench.class_objects[cls]
+    obj = objs[int(rng.integers(len(objs)))]
+    location = int(rng.choice(cell.locations)) if cell.locations else None
+    if location is not None and cell.places is None:
+        place = camera_location(location).place
+    else:
+        places = PLACE_SETS[cell.places] if isinstance(cell.places, str) else (cell.places or tuple(PLACES))
+        place = str(rng.choice(places))
+    time = str(rng.choice(cell.times))
+    scene = random_scene(rng, obj, place, time, location)
+    keys = {"class": cls, "place": place, "place_type": "water" if PLACES[place].water else "land",
+            "location": "" if location is None else location, "time": time}
+    return {"scene": scene, "label": bench.classes.index(cls), "label_name": cls,
+            "group": bench.group.format(**keys), "caption": caption(scene, rng).text, **keys}
+
+
+def export_benchmark(bench: Benchmark, out: Path, splits: list[str] | None = None) -> Path:
+    """Render the benchmark into `out` (images/<split>/, masks/<split>/, metadata.csv); atomic."""
+    out = Path(out)
+    if (out / "metadata.csv").exists():
+        raise ConfigError(f"{out} already holds a dataset; choose another --out or delete it")
+    tmp = out.with_name(out.name + ".partial")
+    rows = []
+    for split in splits or list(bench.splits):
+        if split not in bench.splits:
+            raise ConfigError(f"benchmark {bench.name} has no split {split!r}; splits: {', '.join(bench.splits)}")
+        (tmp / "images" / split).mkdir(parents=True, exist_ok=True)
+        (tmp / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(bench.splits[split].size):
+            d = _draw(bench, split, i)
+            image, mask = render(d["scene"])
+            name = f"{split}/{i:05d}.png"
+            Image.fromarray(image).save(tmp / "images" / name)
+            Image.fromarray(mask).save(tmp / "masks" / name)
+            rows.append({"file_name": f"images/{name}", "label": d["label"], "label_name": d["label_name"],
+                         "group": d["group"], "place": d["place"], "location": d["location"], "time": d["time"],
+                         "split": split, "mask_file": f"masks/{name}", "caption": d["caption"]})
+    with open(tmp / "metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp / "benchmark.yaml").write_text(yaml.safe_dump(bench.model_dump(), sort_keys=False))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    return out
+
+
+def cached_export(name: str) -> Path:
+    """The exported folder of a shipped benchmark, rendered on first use into the cache."""
+    bench = load_benchmark(name)
+    key = hashlib.sha256(yaml.safe_dump(bench.model_dump()).encode()).hexdigest()[:12]
+    root = Path(os.environ.get("ADVPROMPTS_CACHE", Path.home() / ".cache" / "advprompts")) / "benchmarks"
+    out = root / f"{name}-{key}"
+    return out if (out / "metadata.csv").exists() else export_benchmark(bench, out)
+
+
+def _register_shipped() -> None:
+    from advprompts.data.folder import FolderDataset, register_dataset
+
+    for name in list_benchmarks():
+        register_dataset(name)(lambda split=None, image_size=None, _n=name:
+                               FolderDataset(cached_export(_n), split=split, image_size=image_size))

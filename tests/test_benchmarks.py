@@ -1,0 +1,92 @@
+"""Embedded benchmarks: promised group structure, export round trip, registration."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+
+import numpy as np
+import pytest
+import yaml
+
+from advprompts.data import FolderDataset, list_datasets
+from advprompts.errors import ConfigError
+from advprompts.world.benchmarks import COLUMNS, _draw, export_benchmark, list_benchmarks, load_benchmark
+
+
+def _groups(bench, split):
+    return Counter(_draw(bench, split, i)["group"] for i in range(bench.splits[split].size))
+
+
+def test_waterbirds_synth_group_structure():
+    b = load_benchmark("waterbirds-synth")
+    train = _groups(b, "train")
+    assert set(train) == {"waterbird-water", "landbird-land"} and 900 <= sum(train.values()) <= 1100
+    assert min(train.values()) > 400
+    four = {"waterbird-water", "waterbird-land", "landbird-water", "landbird-land"}
+    for split in ("val", "test"):
+        g = _groups(b, split)
+        assert set(g) == four and len(set(g.values())) == 1  # exactly balanced
+    pool = _groups(b, "ood_pool")
+    assert set(pool) == {"waterbird-land", "landbird-water"} and sum(pool.values()) >= 800
+    assert len(b.target_descriptions) >= 2
+
+
+def test_wildcam_synth_locations_times_and_targets():
+    b = load_benchmark("wildcam-synth")
+    train = [_draw(b, "train", i) for i in range(b.splits["train"].size)]
+    assert {d["location"] for d in train} == set(range(10))
+    labels = Counter(d["label_name"] for d in train)
+    assert len(labels) == 7 and labels.most_common(1)[0][1] > 2.5 * min(labels.values())  # imbalanced
+    test_locs = {_draw(b, "test", i)["location"] for i in range(b.splits["test"].size)}
+    assert test_locs == {12, 13} and not test_locs & {d["location"] for d in train}
+    target = _groups(b, "target")
+    assert set(target) == {"loc12-day", "loc12-night", "loc13-day", "loc13-night"}
+    assert set(target.values()) == {64}
+
+
+def test_export_round_trips_through_the_folder_loader(tmp_path):
+    spec = yaml.safe_load(open(load_benchmark.__globals__["BENCHMARK_DIR"] / "waterbirds-synth.yaml"))
+    for s in spec["splits"].values():
+        s["size"] = 4
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = export_benchmark(load_benchmark(path), tmp_path / "export")
+    with open(out / "metadata.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == COLUMNS and len(rows) == 16
+    ds = FolderDataset(out, split="train")
+    item = ds[0]
+    assert len(ds) == 4 and item["image"].shape == (3, 64, 64) and item["mask"].shape == (1, 64, 64)
+    assert 0 < item["mask"].mean() < 0.6 and item["group"] in {"waterbird-water", "landbird-land"}
+    assert not (tmp_path / "export.partial").exists()
+    with pytest.raises(ConfigError, match="already holds"):
+        export_benchmark(load_benchmark(path), out)
+
+
+def test_bad_benchmark_files_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nclasses: [a]\nclass_objects: {a: [unicorn]}\nsplits: {}\n")
+    with pytest.raises(ConfigError, match="unknown object 'unicorn'"):
+        load_benchmark(bad)
+    bad.write_text("name: x\nclasses: [a]\nclass_objects: {a: [duck]}\nsplits: {}\ncolour: red\n")
+    with pytest.raises(ConfigError, match="colour"):
+        load_benchmark(bad)
+
+
+def test_shipped_benchmarks_are_registered_datasets():
+    assert {"waterbirds-synth", "wildcam-synth"} <= set(list_benchmarks()) <= set(list_datasets())
+
+
+def test_cli_data_export_and_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from advprompts.cli.app import app
+
+    r = CliRunner().invoke(app, ["data", "export", "wildcam-synth", "--out", str(tmp_path / "w"), "--split", "target"])
+    assert r.exit_code == 0, r.output
+    ds = FolderDataset(tmp_path / "w", split="target")
+    assert len(ds) == 256 and np.isin(ds[0]["label"], range(7))
+    r = CliRunner().invoke(app, ["data", "export", "nope", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "unknown benchmark 'nope'" in r.output
+    assert not (tmp_path / "x").exists()
