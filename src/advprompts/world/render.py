@@ -6,13 +6,13 @@ object's exact coverage thresholded at one half.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from advprompts.world.objects import OBJECTS, Painter
-from advprompts.world.places import LAND_PLACES, PLACES, noise
+from advprompts.world.places import PLACES, noise
 
 SUPERSAMPLE = 2
 
@@ -153,9 +153,3 @@ def web_scene(rng: np.random.Generator, p_empty: float = 0.08, p_night: float = 
     time = "night" if rng.random() < p_night else "day"
     return random_scene(rng, obj, place, time, location)
 
-
-def with_object(scene: Scene, obj: str | None) -> Scene:
-    return replace(scene, obj=obj)
-
-
-__all__ = ["Scene", "render", "random_scene", "web_scene", "camera_location", "LAND_PLACES"]

@@ -80,7 +80,6 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
     """Train every embedded model and write them to `out` (resumable via `work`)."""
     from transformers import CLIPTokenizer
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     work.mkdir(parents=True, exist_ok=True)
     log_file = work / "train_log.csv"
     t0 = time.time()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: Folder of the committed weights; ADVPROMPTS_ZOO_DIR points elsewhere (e.g. a fresh `zoo build`).
-ZOO_DIR = Path(os.environ.get("ADVPROMPTS_ZOO_DIR", Path(__file__).parent / "embedded"))
+#: Folder of the committed weights.
+ZOO_DIR = Path(__file__).parent / "embedded"
 
 
 def zoo_dir() -> Path:
+    """The zoo in use: ADVPROMPTS_ZOO_DIR (e.g. a fresh `zoo build`), read at each call, else ZOO_DIR."""
     return Path(os.environ.get("ADVPROMPTS_ZOO_DIR", ZOO_DIR))
 
 
