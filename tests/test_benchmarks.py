@@ -59,9 +59,12 @@ def test_export_round_trips_through_the_folder_loader(tmp_path):
     item = ds[0]
     assert len(ds) == 4 and item["image"].shape == (3, 64, 64) and item["mask"].shape == (1, 64, 64)
     assert 0 < item["mask"].mean() < 0.6 and item["group"] in {"waterbird-water", "landbird-land"}
-    assert not (tmp_path / "export.partial").exists()
+    assert not list(tmp_path.glob("export.partial*"))
     with pytest.raises(ConfigError, match="already holds"):
         export_benchmark(load_benchmark(path), out)
+    with pytest.raises(ConfigError, match="no split 'tain'"):
+        export_benchmark(load_benchmark(path), tmp_path / "typo", splits=["train", "tain"])
+    assert not list(tmp_path.glob("typo*"))  # rejected before rendering anything
 
 
 def test_bad_benchmark_files_name_the_problem(tmp_path):

@@ -12,6 +12,8 @@ import sys
 
 import typer
 
+from advprompts.cli._errors import _STATE, handle_errors
+
 
 #: (command name, module defining ``main``); extended by the lead (data, zoo, demo, experiment).
 COMMANDS: list[tuple[str, str]] = [
@@ -21,8 +23,6 @@ COMMANDS: list[tuple[str, str]] = [
     ("zoo", "advprompts.cli.commands.zoo"),
     ("data", "advprompts.cli.commands.data"),
 ]
-
-from advprompts.cli._errors import _STATE, handle_errors  # noqa: E402
 
 
 def build_app(commands: list[tuple[str, str]] | None = None) -> typer.Typer:

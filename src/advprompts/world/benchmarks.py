@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -126,11 +127,14 @@ def export_benchmark(bench: Benchmark, out: Path, splits: list[str] | None = Non
     out = Path(out)
     if (out / "metadata.csv").exists():
         raise ConfigError(f"{out} already holds a dataset; choose another --out or delete it")
-    tmp = out.with_name(out.name + ".partial")
-    rows = []
-    for split in splits or list(bench.splits):
+    splits = splits or list(bench.splits)
+    for split in splits:  # validated before anything is rendered
         if split not in bench.splits:
             raise ConfigError(f"benchmark {bench.name} has no split {split!r}; splits: {', '.join(bench.splits)}")
+    # One temporary folder per process: concurrent first uses of a cached benchmark never share one.
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    rows = []
+    for split in splits:
         (tmp / "images" / split).mkdir(parents=True, exist_ok=True)
         (tmp / "masks" / split).mkdir(parents=True, exist_ok=True)
         for i in range(bench.splits[split].size):
@@ -148,7 +152,12 @@ def export_benchmark(bench: Benchmark, out: Path, splits: list[str] | None = Non
         writer.writerows(rows)
     (tmp / "benchmark.yaml").write_text(yaml.safe_dump(bench.model_dump(), sort_keys=False))
     out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if not (out / "metadata.csv").exists():
+            raise
+        shutil.rmtree(tmp)  # another process finished the same export first
     return out
 
 
