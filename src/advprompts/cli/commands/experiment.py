@@ -1,0 +1,24 @@
+"""Run methods x budgets x seeds on a benchmark: results.csv and report.md (resumable).
+
+Every (method, budget, seed) cell is cached in --out, so a killed sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def main(
+    config: Annotated[str, typer.Option("--config", "-c", help="Experiment preset (waterbirds-synth, ...) or YAML.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Experiment folder.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. seeds=[0] (YAML value).")] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated subset of the methods.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the experiment in --out.")] = False,
+) -> None:
+    from advprompts.experiments.session import run_and_report
+
+    run_and_report(config, out, overrides=set_ or [], methods=methods.split(",") if methods else None,
+                   overwrite=overwrite, echo=typer.echo)

@@ -1,0 +1,1 @@
+"""The closed loop: train the task model, build each method's extra data, fine-tune, evaluate, report."""

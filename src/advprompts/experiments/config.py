@@ -1,0 +1,125 @@
+"""Experiment configs: which benchmark, which methods (each a config of the same pipeline),
+budgets, seeds, and the training recipe shared by every method.
+
+A method is one of a few kinds:
+- ``no_extra``: fine-tune on the train split only (same recipe as everyone);
+- ``real_ood``: real images of the benchmark's OOD split (the upper bound);
+- ``text``: fixed text prompts (agnostic prompts, ALIA-style target descriptions);
+- ``random``: random vocabulary-Gaussian embeddings, not optimised;
+- ``optimized``: prompts learned by ``advprompts optimize`` with a preset (GP / AP / GAP);
+- ``augment``: CutMix / RandAugment copies of train images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from advprompts.config.presets import apply_overrides
+from advprompts.config.schema import parse_config
+from advprompts.errors import ConfigError
+from advprompts.tasks.train import TrainRecipe
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MethodSpec(_Strict):
+    kind: Literal["no_extra", "real_ood", "text", "random", "optimized", "augment"]
+    prompts: list[str] = []                 # text: prompts ({class} allowed); empty = benchmark's target descriptions
+    optimize: str | None = None             # optimized: a RunConfig preset or YAML file
+    set: list[str] = []                     # optimized: --set overrides of that preset
+    per_group: bool = False                 # optimized: one prompt per target group, guided by its images
+    num_prompts: int = Field(4, ge=1)       # random: how many random prompts
+    num_tokens: int = Field(5, ge=1)        # random: tokens per prompt
+    template: str = "{prompt}"              # random: prompt template
+    augment: Literal["cutmix", "randaugment"] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "MethodSpec":
+        if self.kind == "optimized" and not self.optimize:
+            raise ValueError("an optimized method needs `optimize` (a preset name or YAML file)")
+        if self.kind == "augment" and self.augment is None:
+            raise ValueError("an augment method needs `augment: cutmix | randaugment`")
+        return self
+
+    @property
+    def generated(self) -> bool:
+        return self.kind in ("text", "random", "optimized")
+
+
+class GenerationSettings(_Strict):
+    steps: int = Field(15, ge=1)
+    guidance_scale: float = Field(7.0, ge=0)
+    strength: float = Field(1.0, gt=0, le=1)
+    eta: float = Field(0.0, ge=0, le=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class TaskSpec(_Strict):
+    arch: str = "small_cnn"
+    input_size: int | None = None
+
+
+class ExperimentConfig(_Strict):
+    name: str
+    benchmark: str                          # a registered dataset (embedded benchmark) or folder
+    train_split: str = "train"
+    eval_split: str = "test"
+    ood_split: str | None = None            # real_ood pool
+    target_split: str | None = None         # unlabelled target images (per-group image guidance)
+    model: str = "embedded"                 # diffusion model for generation and optimisation
+    image_size: int = Field(64, ge=8)       # the diffusion model's native size (sources are resized to it)
+    task: TaskSpec = TaskSpec()
+    train: TrainRecipe = TrainRecipe()      # the base model, trained on the train split
+    finetune: TrainRecipe = TrainRecipe(epochs=10)  # every method: base model fine-tuned on train + extra
+    methods: dict[str, MethodSpec]
+    max_extra: int = Field(ge=1)
+    budgets: list[float] = [1.0, 0.5, 0.25, 0.125, 0.0625]
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    generation: GenerationSettings = GenerationSettings()
+    transfer: list[str] = []                # other task architectures fine-tuned on the same extra data
+    transfer_methods: list[str] = []        # which methods get a transfer row (default: all)
+
+    @model_validator(mode="after")
+    def _budgets(self) -> "ExperimentConfig":
+        if any(not 0 < b <= 1 for b in self.budgets):
+            raise ValueError("budgets are fractions of max_extra in (0, 1]")
+        return self
+
+    def n_extra(self, budget: float) -> int:
+        return max(1, round(self.max_extra * budget))
+
+
+def list_experiment_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_experiment_config(spec: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                           methods: list[str] | None = None) -> ExperimentConfig:
+    """An experiment config from a preset name or YAML file, with ``--set`` overrides and an
+    optional subset of its methods (in the given order)."""
+    path = Path(spec)
+    if not path.is_file():
+        path = PRESET_DIR / f"{spec}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"experiment config {str(spec)!r} is neither a file nor a preset; "
+                          f"presets: {', '.join(list_experiment_presets())}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"experiment config {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = apply_overrides(data, overrides)
+    config = parse_config(data, ExperimentConfig, what=f"experiment config {path.name}")
+    if methods:
+        unknown = [m for m in methods if m not in config.methods]
+        if unknown:
+            raise ConfigError(f"method {unknown[0]!r} is not in {path.name}; its methods: {', '.join(config.methods)}")
+        config = config.model_copy(update={"methods": {m: config.methods[m] for m in methods}})
+    return config

@@ -1,0 +1,136 @@
+"""Each method's extra data for one seed: a pool of up to ``max_extra`` images, in a fixed random
+order, so that every budget takes a prefix of the same pool (as in the paper).
+
+Generated pools are image folders with ``metadata.csv`` (``pools/<method>-s<seed>/``), built by
+``advprompts.generate`` from train-split sources (the object mask is kept, so the label is too);
+a finished pool is reused, an interrupted one resumes where generation stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import io
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from advprompts.rundir import atomic_write_text
+from advprompts.tasks.train import Tensors, load_tensors
+
+logger = logging.getLogger(__name__)
+
+
+class Subset(torch.utils.data.Dataset):
+    """Some samples of a FolderDataset, keeping its class names."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, list(indices)
+        self.class_names = getattr(dataset, "class_names", {})
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.dataset[self.indices[i]]
+
+
+def fresh_text_side(components):
+    """Components sharing the frozen UNet/VAE but with their own tokenizer and text encoder, so that
+    placeholder tokens of one method never meet another's."""
+    return dataclasses.replace(components, tokenizer=copy.deepcopy(components.tokenizer),
+                               text_encoder=copy.deepcopy(components.text_encoder))
+
+
+def _labels(dataset) -> np.ndarray:
+    rows = getattr(dataset, "rows", None)
+    return np.array([r["label"] for r in rows] if rows is not None else [dataset[i]["label"] for i in range(len(dataset))])
+
+
+def source_picks(dataset, n_images: int, prompts_per_source: int, seed: int, label: int | None = None) -> list[int]:
+    """Random train sources (of one class, or all) so that sources x prompts ~ ``n_images``."""
+    labels = _labels(dataset)
+    candidates = np.flatnonzero(labels == label) if label is not None else np.arange(len(labels))
+    rng = np.random.default_rng([seed, 7, 0 if label is None else label + 1])
+    n = min(len(candidates), math.ceil(n_images / prompts_per_source))
+    return sorted(rng.choice(candidates, n, replace=False).tolist())
+
+
+def generate_units(units: list[dict], pool_dir: Path, components, settings, seed: int, dataset) -> Path:
+    """Generate every unit (``prompt_files`` or ``prompts``, ``sources``) into ``pool_dir/u<k>`` and merge
+    their metadata into ``pool_dir/metadata.csv`` (written last: its presence marks a finished pool)."""
+    from advprompts.config.schema import GenerateConfig, ModelConfig, SamplerConfig
+    from advprompts.generate import generate_dataset
+
+    rows: list[dict] = []
+    for k, unit in enumerate(units):
+        if not unit["sources"]:
+            continue
+        config = GenerateConfig(
+            model=ModelConfig(diffusion=components.source or "embedded", device="cpu"),
+            sampler=SamplerConfig(num_steps=settings.steps, guidance_scale=settings.guidance_scale,
+                                  strength=settings.strength, eta=settings.eta, conditioning="inpaint", paste=True),
+            source=str(getattr(dataset, "root", "")) or "in-memory", prompt_files=[str(p) for p in unit.get("prompt_files", [])],
+            prompts=unit.get("prompts", []), batch_size=settings.batch_size, seed=seed * 1000 + k)
+        out = pool_dir / f"u{k}"
+        generate_dataset(config, out, components=components, dataset=Subset(dataset, unit["sources"]))
+        with open(out / "metadata.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                row["file_name"] = f"u{k}/{row['file_name']}"
+                rows.append(row)
+    if not rows:
+        raise RuntimeError(f"pool {pool_dir} received no sources")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(pool_dir / "metadata.csv", buf.getvalue())
+    return pool_dir
+
+
+def load_pool(pool_dir: Path, seed: int, max_extra: int, image_size: int) -> Tensors:
+    """A finished generated pool, shuffled with ``seed`` and cut to ``max_extra`` images."""
+    data = load_tensors(pool_dir, image_size=image_size)
+    order = np.random.default_rng([seed, 11]).permutation(len(data))[:max_extra]
+    return data.subset(order.tolist())
+
+
+def real_pool(benchmark: str, split: str, seed: int, max_extra: int, image_size: int) -> Tensors:
+    """The benchmark's real OOD images (upper bound), shuffled with ``seed``."""
+    data = load_tensors(benchmark, split=split, image_size=image_size)
+    order = np.random.default_rng([seed, 13]).permutation(len(data))[:max_extra]
+    return data.subset(order.tolist())
+
+
+def augment_pool(train: Tensors, seed: int, max_extra: int) -> Tensors:
+    """Copies of random train images, flagged for the fine-tuning augmentation (CutMix / RandAugment)."""
+    rng = np.random.default_rng([seed, 17])
+    idx = rng.choice(len(train), max_extra, replace=max_extra > len(train))
+    pool = train.subset(idx.tolist())
+    pool.augment = torch.ones(len(pool), dtype=torch.bool)
+    return pool
+
+
+def export_group_images(dataset, out: Path, max_per_group: int | None = None) -> dict[str, Path]:
+    """Copy a target split's images into one plain image folder per group (image-guidance targets)."""
+    groups: dict[str, list[dict]] = {}
+    for row in dataset.rows:
+        groups.setdefault(row.get("group") or "all", []).append(row)
+    folders = {}
+    for group, rows in sorted(groups.items()):
+        folder = out / group
+        if not folder.is_dir():
+            tmp = out / f".{group}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for row in rows[:max_per_group]:
+                src = Path(dataset.root) / row["file_name"]
+                shutil.copyfile(src, tmp / Path(row["file_name"]).name)
+            tmp.replace(folder)
+        folders[group] = folder
+    return folders

@@ -1,0 +1,219 @@
+"""`report.md` of an experiment folder: the results table, accuracy-vs-budget plot, image grids,
+the composition and label faithfulness of each generated set (judged by the zoo's oracle, never
+by the task model or the CLIP used for guidance), decoded prompts and optimisation curves."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from advprompts.experiments.runner import summarize
+from advprompts.rundir import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+def read_results(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def results_table(rows: list[dict]) -> str:
+    summary = sorted(summarize(rows), key=lambda r: (-r["n_extra"], r["method"]))
+    lines = ["| method | extra images | seeds | worst-group acc | average acc |", "|---|---|---|---|---|"]
+    for r in summary:
+        lines.append(f"| {r['method']} | {r['n_extra']} | {r['seeds']} | {100 * r['worst_group_mean']:.1f} ± "
+                     f"{100 * r['worst_group_std']:.1f} | {100 * r['avg_mean']:.1f} ± {100 * r['avg_std']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_accuracy(rows: list[dict], path: Path) -> Path:
+    """Worst-group and average accuracy against the number of extra images, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(rows)
+    baseline = {r["method"]: r for r in summary if r["n_extra"] == 0}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in ((axes[0], "worst_group", "worst-group accuracy"), (axes[1], "avg", "average accuracy")):
+        for method in sorted({r["method"] for r in summary if r["n_extra"] > 0}):
+            pts = sorted((r["n_extra"], r[f"{key}_mean"], r[f"{key}_std"]) for r in summary
+                         if r["method"] == method and r["n_extra"] > 0)
+            x, y, s = map(np.array, zip(*pts))
+            ax.errorbar(x, 100 * y, yerr=100 * s, marker="o", capsize=3, label=method)
+        for method, r in baseline.items():
+            ax.axhline(100 * r[f"{key}_mean"], ls="--", c="grey", label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("extra images")
+        ax.set_ylabel(f"{title} (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _pool_images(pool_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
+    from advprompts.tasks.train import load_tensors
+
+    data = load_tensors(pool_dir, image_size=64)
+    return data.images, data.labels.numpy()
+
+
+def save_grid(pool_dir: Path, class_names: list[str], path: Path, per_class: int = 8) -> Path:
+    """One row of generated images per class."""
+    from torchvision.utils import save_image
+
+    images, labels = _pool_images(pool_dir)
+    rows = []
+    for c in range(len(class_names)):
+        idx = np.flatnonzero(labels == c)[:per_class]
+        row = images[idx] if len(idx) else torch.zeros(0, *images.shape[1:])
+        rows.append(torch.cat([row, torch.ones(per_class - len(row), *images.shape[1:])]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(torch.cat(rows), path, nrow=per_class, padding=1, pad_value=1.0)
+    return path
+
+
+def composition(pool_dir: Path, bench: dict, train_groups: set[tuple[str, str]], oracle) -> dict:
+    """Fractions of a generated set per (class, place type) as the oracle sees it, the share in
+    groups the train split lacks, and label faithfulness (the oracle finds the labelled object)."""
+    from advprompts.world.places import PLACES
+    from advprompts.zoo.corpus import OBJECT_NAMES, PLACE_NAMES
+
+    images, labels = _pool_images(pool_dir)
+    pred = oracle.predict(images)
+    classes = bench["classes"]
+    obj_to_class = {(o or "none"): c for c, objs in bench["class_objects"].items() for o in objs}
+    names = OBJECT_NAMES + ["none"]
+    groups: dict[str, int] = {}
+    faithful = missing = 0
+    for y, o, p, night in zip(labels, pred["object"], pred["place"], pred["night"]):
+        cls = classes[int(y)]
+        seen = obj_to_class.get(names[int(o)])
+        faithful += seen == cls
+        ptype = "water" if PLACES[PLACE_NAMES[int(p)]].water else "land"
+        key = f"{seen or 'other'}-{ptype}" + ("-night" if night else "")
+        groups[key] = groups.get(key, 0) + 1
+        missing += seen == cls and (cls, ptype) not in train_groups
+    n = len(labels)
+    return {"n": n, "faithfulness": faithful / n, "missing_groups": missing / n,
+            "groups": {k: v / n for k, v in sorted(groups.items())}}
+
+
+def train_group_set(benchmark_root: Path) -> set[tuple[str, str]]:
+    from advprompts.world.places import PLACES
+
+    with open(benchmark_root / "metadata.csv", newline="") as f:
+        return {(r["label_name"], "water" if PLACES[r["place"]].water else "land")
+                for r in csv.DictReader(f) if r.get("split") == "train" and r.get("place") in PLACES}
+
+
+def decoded_prompts(prompt_dir: Path, components) -> list[tuple[str, str]]:
+    from advprompts.experiments.pools import fresh_text_side
+    from advprompts.prompts import LearnablePrompt
+
+    comps = fresh_text_side(components)
+    out = []
+    for i, f in enumerate(sorted(prompt_dir.rglob("prompt_*.safetensors"))):
+        p = LearnablePrompt.load(f, comps.tokenizer, comps.text_encoder, prefix=f"rep{i}")
+        words = " ".join(w[0] for w in p.decode_nearest(k=1))
+        out.append((str(f.relative_to(prompt_dir)), p.template.replace("{prompt}", f"[{words}]")))
+    return out
+
+
+def plot_curves(prompt_dir: Path, path: Path) -> Path | None:
+    """Loss curves of every prompt of one optimisation run (one panel per logged term)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = sorted(prompt_dir.rglob("log.csv"))
+    if not logs:
+        return None
+    series: dict[str, dict[str, list]] = {}
+    for log in logs:
+        with open(log, newline="") as f:
+            for r in csv.DictReader(f):
+                key = f"{log.parent.relative_to(prompt_dir)}/{r['prompt']}".strip("./")
+                for term, v in r.items():
+                    if term in ("prompt", "step", "seconds") or v in ("", None):
+                        continue
+                    series.setdefault(term, {}).setdefault(key, []).append((int(r["step"]), float(v)))
+    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3), squeeze=False)
+    for ax, (term, curves) in zip(axes[0], sorted(series.items())):
+        for key, pts in sorted(curves.items()):
+            x, y = zip(*pts)
+            ax.plot(x, y, lw=1, label=key)
+        ax.set_title(term)
+        ax.set_xlabel("step")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(out: str | Path, config, components=None, oracle=None) -> Path:
+    """Write ``out/report.md`` (and ``out/figures/``) from the experiment folder's contents."""
+    from advprompts.data import resolve_dataset
+
+    out = Path(out)
+    rows = read_results(out)
+    figs = out / "figures"
+    lines = [f"# Experiment `{config.name}` on `{config.benchmark}`", "",
+             f"Task model `{config.task.arch}`, fine-tuned {config.finetune.epochs} epochs on train + extra data; "
+             f"evaluated on `{config.eval_split}`; seeds {config.seeds}; diffusion model `{config.model}`.", "",
+             "## Results (mean ± std over seeds, %)", "", results_table(rows), ""]
+    plot_accuracy(rows, figs / "accuracy_vs_extra.png")
+    lines += ["![accuracy vs extra images](figures/accuracy_vs_extra.png)", ""]
+    train_ds = resolve_dataset(config.benchmark, split=config.train_split)
+    root = Path(getattr(train_ds, "root", ""))
+    bench = yaml.safe_load((root / "benchmark.yaml").read_text()) if (root / "benchmark.yaml").is_file() else None
+    class_names = [train_ds.class_names.get(i, str(i)) for i in range(len(train_ds.class_names))]
+    pools = sorted(p for p in (out / "pools").glob("*-s*") if (p / "metadata.csv").is_file()) \
+        if (out / "pools").is_dir() else []
+    if pools:
+        lines += ["## Generated data", ""]
+        if oracle is not None and bench is not None:
+            train_groups = train_group_set(root)
+            lines += ["Composition judged by the oracle (trained on renderer ground truth): the share of images "
+                      "whose object is the labelled class (faithfulness), the share in (class, place type) "
+                      f"combinations absent from train ({sorted(train_groups)}), and the share per group.", "",
+                      "| set | images | faithfulness | in missing groups | groups |", "|---|---|---|---|---|"]
+            for pool in pools:
+                comp = composition(pool, bench, train_groups, oracle)
+                shown = ", ".join(f"{k} {100 * v:.0f}%" for k, v in comp["groups"].items() if v >= 0.02)
+                lines.append(f"| {pool.name} | {comp['n']} | {100 * comp['faithfulness']:.1f}% | "
+                             f"{100 * comp['missing_groups']:.1f}% | {shown} |")
+            lines.append("")
+        for pool in pools:
+            if pool.name.endswith("-s0") or len({p.name.rsplit('-s', 1)[0] for p in pools}) == len(pools):
+                grid = save_grid(pool, class_names, figs / f"grid_{pool.name}.png")
+                lines += [f"**{pool.name}** (one row per class: {', '.join(class_names)})", "",
+                          f"![{pool.name}](figures/{grid.name})", ""]
+    prompt_dirs = sorted(p for p in (out / "prompts").glob("*") if p.is_dir()) if (out / "prompts").is_dir() else []
+    if prompt_dirs:
+        lines += ["## Learned prompts", "", "Each placeholder token decoded into its nearest vocabulary word.", ""]
+        for d in prompt_dirs:
+            if components is not None:
+                for name, text in decoded_prompts(d, components):
+                    lines.append(f"- `{d.name}/{name}`: {text}")
+            curve = plot_curves(d, figs / f"curves_{d.name}.png")
+            if curve is not None:
+                lines += ["", f"![optimisation curves {d.name}](figures/{curve.name})", ""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,274 @@
+"""`advprompts experiment`: methods x budgets x seeds on one benchmark, every cell cached.
+
+For each seed: train the base model on the train split; for each method build its pool of extra
+data (generated, real or augmented); for each budget fine-tune the base model on train + the
+pool's first ``n_extra`` images and evaluate on the eval split. Folder layout::
+
+    OUT/experiment.yaml        the resolved config (a different config in OUT is refused)
+    OUT/models/                base task models (safetensors)
+    OUT/prompts/<method>-s<seed>/   optimisation runs (prompt files, log.csv)
+    OUT/pools/<method>-s<seed>/     generated images + metadata.csv
+    OUT/cells/<method>-n<n>-s<seed>.json   one evaluated cell; present = done
+    OUT/results.csv, OUT/report.md, OUT/figures/
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from advprompts.experiments.config import ExperimentConfig, MethodSpec
+from advprompts.experiments.pools import (_labels, augment_pool, export_group_images, fresh_text_side, generate_units,
+                                          load_pool, real_pool, source_picks)
+from advprompts.rundir import atomic_write_text, prepare_run_dir
+from advprompts.tasks.train import Tensors, evaluate, load_tensors, save_task_weights, train_classifier
+
+logger = logging.getLogger(__name__)
+BASE_COLUMNS = ["benchmark", "method", "n_extra", "seed", "avg_acc", "worst_group_acc"]
+
+
+class ExperimentRunner:
+    """Runs (and resumes) one experiment into ``out``; ``say`` prints one-line progress messages."""
+
+    def __init__(self, config: ExperimentConfig, out: str | Path, *, overwrite: bool = False,
+                 components=None, progress: bool = True, say: Callable[[str], None] = logger.info):
+        from advprompts.data import resolve_dataset
+
+        self.config, self.out, self.progress, self.say = config, Path(out), progress, say
+        fingerprint = config.model_dump(mode="json")
+        prepare_run_dir(self.out, fingerprint, "experiment.yaml", resume=False, overwrite=overwrite,
+                        auto_resume=True, create=False)
+        self.train_ds = resolve_dataset(config.benchmark, split=config.train_split, image_size=config.image_size)
+        self.class_names = [self.train_ds.class_names.get(i, str(i)) for i in range(self.num_classes)]
+        self._components = components
+        if not prepare_run_dir(self.out, fingerprint, "experiment.yaml", resume=False, overwrite=overwrite,
+                               auto_resume=True):
+            import yaml
+
+            atomic_write_text(self.out / "experiment.yaml", yaml.safe_dump(fingerprint, sort_keys=False))
+        self._train: Tensors | None = None
+        self._eval: Tensors | None = None
+
+    # ------------------------------------------------------------------ shared inputs
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def num_classes(self) -> int:
+        return int(_labels(self.train_ds).max()) + 1
+
+    @property
+    def components(self):
+        if self._components is None:
+            from advprompts.models.loading import load_components
+
+            self._components = load_components(self.config.model, device="cpu")
+        return self._components
+
+    @property
+    def train_data(self) -> Tensors:
+        if self._train is None:
+            self._train = load_tensors(self.train_ds)
+        return self._train
+
+    @property
+    def eval_data(self) -> Tensors:
+        if self._eval is None:
+            self._eval = load_tensors(self.config.benchmark, split=self.config.eval_split, image_size=self.image_size)
+        return self._eval
+
+    def new_model(self, arch: str | None = None):
+        from advprompts.tasks.models import load_task_model
+
+        return load_task_model(arch or self.config.task.arch, self.num_classes, input_size=self.config.task.input_size)
+
+    def base_model(self, seed: int, arch: str | None = None):
+        """The task model trained on the train split (cached in OUT/models)."""
+        from advprompts.tasks.models import load_task_model
+
+        arch = arch or self.config.task.arch
+        path = self.out / "models" / f"base-{arch}-s{seed}.safetensors"
+        if not path.is_file():
+            self.say(f"training the base {arch} on {self.config.benchmark}:{self.config.train_split} (seed {seed})")
+            torch.manual_seed(seed)
+            model = train_classifier(self.new_model(arch), self.train_data, self.config.train, seed=seed,
+                                     progress=self.progress, desc=f"base {arch} s{seed}")
+            save_task_weights(model, path)
+        return load_task_model(arch, self.num_classes, weights=path, input_size=self.config.task.input_size)
+
+    # ------------------------------------------------------------------ pools
+    def pool(self, name: str, spec: MethodSpec, seed: int, tag: str = "", weights: Path | None = None) -> Tensors:
+        """The method's extra data; ``weights`` replaces the base model as the adversary (``loop``)."""
+        c = self.config
+        if spec.kind == "no_extra":
+            return self.train_data.subset([])
+        if spec.kind == "real_ood":
+            if c.ood_split is None:
+                raise ValueError(f"method {name!r} (real_ood) needs ood_split in the experiment config")
+            return real_pool(c.benchmark, c.ood_split, seed, c.max_extra, self.image_size)
+        if spec.kind == "augment":
+            return augment_pool(self.train_data, seed, c.max_extra)
+        pool_dir = self.out / "pools" / f"{name}-s{seed}{tag}"
+        if not (pool_dir / "metadata.csv").is_file():
+            comps = fresh_text_side(self.components)
+            units = self._units(name, spec, seed, pool_dir, comps, tag, weights)
+            self.say(f"{name}: generating {c.max_extra} images (seed {seed})")
+            generate_units(units, pool_dir, comps, c.generation, seed, self.train_ds)
+        return load_pool(pool_dir, seed, c.max_extra, self.image_size)
+
+    def _units(self, name: str, spec: MethodSpec, seed: int, pool_dir: Path, comps, tag: str = "",
+               weights: Path | None = None) -> list[dict]:
+        """What to generate: (prompts, train sources) units adding up to about ``max_extra`` images."""
+        n = self.config.max_extra
+        if spec.kind == "text":
+            texts = spec.prompts or self.target_descriptions()
+            return [{"prompts": texts, "sources": source_picks(self.train_ds, n, len(texts), seed)}]
+        if spec.kind == "random":
+            from advprompts.prompts import LearnablePrompt
+
+            files = []
+            for i in range(spec.num_prompts):
+                p = LearnablePrompt(comps.tokenizer, comps.text_encoder, num_tokens=spec.num_tokens,
+                                    prefix=f"rand-s{seed}-{i}", init="vocab-gaussian", seed=seed * 1000 + i,
+                                    template=spec.template)
+                files.append(p.save(pool_dir / "prompts" / f"prompt_{i}.safetensors"))
+            return [{"prompt_files": files, "sources": source_picks(self.train_ds, n, len(files), seed)}]
+        results = self.optimize_prompts(name, spec, seed, comps, tag, weights)
+        by_class: dict[int | None, list[Path]] = {}
+        for r in results:
+            by_class.setdefault(r.class_label, []).append(r.file)
+        if list(by_class) == [None]:
+            files = by_class[None]
+            return [{"prompt_files": files, "sources": source_picks(self.train_ds, n, len(files), seed)}]
+        # Per-class prompts apply to sources of their class only (equal images per class).
+        per_class = n / len(by_class)
+        return [{"prompt_files": files, "sources": source_picks(self.train_ds, per_class, len(files), seed, label)}
+                for label, files in sorted(by_class.items())]
+
+    def target_descriptions(self) -> list[str]:
+        import yaml
+
+        bench = Path(getattr(self.train_ds, "root", "")) / "benchmark.yaml"
+        texts = yaml.safe_load(bench.read_text()).get("target_descriptions", []) if bench.is_file() else []
+        if not texts:
+            raise ValueError("this benchmark has no target descriptions; give the method `prompts`")
+        return texts
+
+    def optimize_prompts(self, name: str, spec: MethodSpec, seed: int, comps, tag: str = "",
+                         weights: Path | None = None) -> list:
+        """Run the method's optimisation preset against this seed's base model (one run per target
+        group with ``per_group``); finished runs are reused, interrupted ones resume."""
+        from advprompts.config.presets import apply_overrides, read_yaml
+        from advprompts.config.schema import parse_config
+        from advprompts.optimize import optimize
+
+        base = read_yaml(spec.optimize)
+        base = apply_overrides(base, spec.set)
+        if weights is None:
+            weights = self.out / "models" / f"base-{self.config.task.arch}-s{seed}.safetensors"
+            self.base_model(seed)  # makes sure the weights exist
+        base["data"] = {"source": self.config.benchmark, "split": self.config.train_split}
+        base["task"] = {"arch": self.config.task.arch, "num_classes": self.num_classes, "weights": str(weights),
+                        "input_size": self.config.task.input_size}
+        base.setdefault("model", {})["diffusion"] = self.config.model
+        prompt = base.setdefault("prompt", {})
+        prompt["seeds"] = [seed * 1000 + s for s in prompt.get("seeds", [0])]
+        base.setdefault("log", {})["progress"] = self.progress
+        runs = [(None, base)]
+        if spec.per_group:
+            if self.config.target_split is None:
+                raise ValueError(f"method {name!r} has per_group: true but the experiment has no target_split")
+            from advprompts.data import resolve_dataset
+
+            target = resolve_dataset(self.config.benchmark, split=self.config.target_split, image_size=self.image_size)
+            runs = []
+            for group, folder in export_group_images(target, self.out / "targets").items():
+                data = copy.deepcopy(base)
+                for loss in data["losses"]:
+                    if loss["name"].startswith("image_") or loss["name"] == "ti_denoise":
+                        loss.setdefault("params", {})["target_images"] = str(folder)
+                data["prompt"]["prefix"] = f"{prompt.get('prefix', 'ap')}-{group}"
+                runs.append((group, data))
+        results = []
+        for group, data in runs:
+            config = parse_config(data, what=f"method {name} ({spec.optimize})")
+            out = self.out / "prompts" / f"{name}-s{seed}{tag}" / (group or "")
+            self.say(f"{name}: optimising prompts" + (f" for target group {group}" if group else "") + f" (seed {seed})")
+            res = optimize(config, out, resume=(out / "config.yaml").is_file(), components=comps,
+                           dataset=self.train_ds)
+            results += res.prompts
+        return results
+
+    # ------------------------------------------------------------------ cells
+    def cell(self, name: str, spec: MethodSpec, seed: int, n: int, pool: Tensors, arch: str | None = None) -> dict:
+        label = name if arch is None or arch == self.config.task.arch else f"{name}->{arch}"
+        path = self.out / "cells" / f"{label}-n{n}-s{seed}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        t0 = time.time()
+        model = self.base_model(seed, arch)
+        data = Tensors.concat([self.train_data, pool.subset(list(range(n)))]) if n else self.train_data
+        train_classifier(model, data, self.config.finetune, seed=seed + 1, augment=spec.augment or "none",
+                         progress=self.progress, desc=f"fine-tune {label} n={n} s{seed}")
+        ev = evaluate(model, self.eval_data)
+        row = {"benchmark": Path(self.config.benchmark).name, "method": label, "n_extra": n, "seed": seed,
+               **ev.row(), "seconds": round(time.time() - t0, 1)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(row))
+        return row
+
+    def run(self) -> list[dict]:
+        from tqdm.auto import tqdm
+
+        c = self.config
+        rows = []
+        budgets = sorted({c.n_extra(b) for b in c.budgets}, reverse=True)
+        total = len(c.seeds) * sum(1 if s.kind == "no_extra" else len(budgets) for s in c.methods.values())
+        bar = tqdm(total=total, desc="cells", disable=not self.progress)
+        for seed in c.seeds:
+            self.base_model(seed)
+            for name, spec in c.methods.items():
+                pool = self.pool(name, spec, seed)
+                sizes = [0] if spec.kind == "no_extra" else [min(n, len(pool)) for n in budgets]
+                archs = [None] + ([a for a in c.transfer] if not c.transfer_methods or name in c.transfer_methods else [])
+                for n in sizes:
+                    for arch in archs:
+                        rows.append(self.cell(name, spec, seed, n, pool, arch))
+                    bar.update(1)
+                    self.write_results(rows)
+        bar.close()
+        self.write_results(rows)
+        return rows
+
+    def write_results(self, rows: list[dict]) -> Path:
+        """``results.csv``: one row per cell, then one ``acc_<group>`` column per group."""
+        groups = sorted({k for r in rows for k in r if k.startswith("acc_")})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=BASE_COLUMNS + groups, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        return atomic_write_text(self.out / "results.csv", buf.getvalue()) or self.out / "results.csv"
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and std over seeds per (method, n_extra)."""
+    cells: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["method"], int(r["n_extra"])), []).append(r)
+    out = []
+    for (method, n), rs in cells.items():
+        wg = np.array([float(r["worst_group_acc"]) for r in rs])
+        avg = np.array([float(r["avg_acc"]) for r in rs])
+        out.append({"method": method, "n_extra": n, "seeds": len(rs), "worst_group_mean": wg.mean(),
+                    "worst_group_std": wg.std(), "avg_mean": avg.mean(), "avg_std": avg.std()})
+    return out

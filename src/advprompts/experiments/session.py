@@ -1,0 +1,34 @@
+"""Run an experiment, write its report, print its table: what `experiment` and `demo` share."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+
+def run_and_report(config: str, out: str | Path, *, overrides: list[str] = (), methods: list[str] | None = None,
+                   overwrite: bool = False, echo: Callable[[str], None] = print, components=None) -> Path:
+    from advprompts.experiments.config import load_experiment_config
+    from advprompts.experiments.report import results_table, write_report
+    from advprompts.experiments.runner import ExperimentRunner
+
+    t0 = time.time()
+    cfg = load_experiment_config(config, overrides, methods)
+    runner = ExperimentRunner(cfg, out, overwrite=overwrite, components=components, say=echo)
+    rows = runner.run()
+    oracle = _oracle() if cfg.model == "embedded" else None
+    report = write_report(out, cfg, components=runner.components if runner._components is not None else None,
+                          oracle=oracle)
+    echo("")
+    echo(results_table(rows))
+    echo(f"\nresults: {Path(out) / 'results.csv'}\nreport:  {report}  ({time.time() - t0:.0f} s)")
+    return report
+
+
+def _oracle():
+    from advprompts.zoo.oracle import Oracle
+    from advprompts.zoo.paths import oracle_path
+
+    path = oracle_path()
+    return Oracle.load(path) if (path / "model.safetensors").is_file() else None

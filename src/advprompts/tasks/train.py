@@ -1,0 +1,198 @@
+"""Train, fine-tune and evaluate task classifiers with one recipe shared by every method.
+
+Datasets are small (64 px benchmarks, a few thousand images), so a split is held in memory as
+tensors (:class:`Tensors`) and batches are cut from them: no per-sample I/O in the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+
+class TrainRecipe(BaseModel):
+    """How a classifier is trained (from scratch) or fine-tuned (from the base model)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(64, ge=1)
+    mode: Literal["full", "last_layer"] = "full"   # fine-tune every weight, or only the classifier head
+    flip: bool = True                              # random horizontal flips
+    extra_weight: float = Field(1.0, gt=0)         # sampling weight of an extra image relative to a train image
+
+
+@dataclass
+class Tensors:
+    """A labelled split in memory: images (N, 3, H, W) in [0, 1], labels (N,), group names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    groups: list[str] = field(default_factory=list)
+    augment: torch.Tensor | None = None  # bool (N,): apply the extra-data augmentation to this sample
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx) -> "Tensors":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return Tensors(self.images[idx], self.labels[idx], [self.groups[i] for i in idx.tolist()] if self.groups else [],
+                       None if self.augment is None else self.augment[idx])
+
+    @staticmethod
+    def concat(parts: list["Tensors"]) -> "Tensors":
+        parts = [p for p in parts if len(p)]
+        aug = [p.augment if p.augment is not None else torch.zeros(len(p), dtype=torch.bool) for p in parts]
+        return Tensors(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                       sum((p.groups or [""] * len(p) for p in parts), []), torch.cat(aug))
+
+
+def load_tensors(spec, split: str | None = None, image_size: int | None = 64) -> Tensors:
+    """Load a dataset (spec string, folder, or dataset object) into memory."""
+    from advprompts.data import resolve_dataset
+
+    ds = resolve_dataset(str(spec), split=split, image_size=image_size) if isinstance(spec, (str, Path)) else spec
+    items = [ds[i] for i in range(len(ds))]
+    return Tensors(torch.stack([it["image"] for it in items]), torch.tensor([it["label"] for it in items]),
+                   [it.get("group", "") for it in items])
+
+
+def _head(model: torch.nn.Module) -> torch.nn.Module:
+    """The final linear layer of a task network (the part `mode=last_layer` trains)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise ValueError("the task model has no linear layer to fine-tune")
+    return linears[-1]
+
+
+def train_classifier(model: torch.nn.Module, data: Tensors, recipe: TrainRecipe, seed: int = 0,
+                     augment: str = "none", progress: bool = False, desc: str = "train") -> torch.nn.Module:
+    """Train ``model`` (a TaskModel: images in [0, 1] -> logits) on ``data`` in place and return it.
+
+    ``augment`` (``none``, ``randaugment``, ``cutmix``) applies to the samples flagged in
+    ``data.augment`` only: the augmentation baselines add augmented copies as their extra data.
+    """
+    from tqdm.auto import tqdm
+
+    g = torch.Generator().manual_seed(seed)
+    params = list(_head(model).parameters()) if recipe.mode == "last_layer" else list(model.parameters())
+    model.requires_grad_(recipe.mode == "full")
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    n = len(data)
+    steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
+    total = recipe.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total, pct_start=0.15)
+    weights = torch.ones(n)
+    if data.augment is not None and recipe.extra_weight != 1.0:
+        weights[data.augment] = recipe.extra_weight
+    aug = _augmenter(augment, int(data.labels.max()) + 1, g)
+    model.train()
+    if recipe.mode == "last_layer":  # frozen features: keep BatchNorm statistics too
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    for _ in range(recipe.epochs):
+        order = torch.multinomial(weights, n, replacement=True, generator=g) if recipe.extra_weight != 1.0 \
+            else torch.randperm(n, generator=g)
+        for b in range(steps_per_epoch):
+            idx = order[b * recipe.batch_size:(b + 1) * recipe.batch_size]
+            if len(idx) < 2:
+                continue
+            x, y = data.images[idx], F.one_hot(data.labels[idx], int(data.labels.max()) + 1).float()
+            if recipe.flip:
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            if aug is not None and data.augment is not None and bool(data.augment[idx].any()):
+                sel = data.augment[idx]
+                x_aug, y_aug = aug(x[sel], y[sel])
+                x, y = x.clone(), y.clone()
+                x[sel], y[sel] = x_aug, y_aug
+            loss = torch.sum(-y * F.log_softmax(model(x), 1), 1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+    bar.close()
+    return model.eval()
+
+
+def _augmenter(name: str, num_classes: int, g: torch.Generator):
+    """torchvision v2 RandAugment / CutMix applied to a batch (images in [0, 1], one-hot labels)."""
+    if name == "none":
+        return None
+    from torchvision.transforms import v2
+
+    if name == "randaugment":
+        ra = v2.RandAugment()
+
+        def randaugment(x, y):
+            torch.manual_seed(int(torch.randint(1 << 31, (1,), generator=g)))
+            u8 = (x * 255).round().to(torch.uint8)
+            return torch.stack([ra(im) for im in u8]).float() / 255, y
+
+        return randaugment
+    if name == "cutmix":
+        cm = v2.CutMix(num_classes=num_classes)
+
+        def cutmix(x, y):
+            if len(x) < 2:
+                return x, y
+            torch.manual_seed(int(torch.randint(1 << 31, (1,), generator=g)))
+            return cm(x, y.argmax(1))
+
+        return cutmix
+    raise ValueError(f"unknown augmentation {name!r}; use none, randaugment or cutmix")
+
+
+@dataclass
+class Evaluation:
+    avg_acc: float
+    worst_group_acc: float
+    group_acc: dict[str, float]
+    n: int
+
+    def row(self) -> dict:
+        return {"avg_acc": round(self.avg_acc, 4), "worst_group_acc": round(self.worst_group_acc, 4),
+                **{f"acc_{g}": round(a, 4) for g, a in sorted(self.group_acc.items())}}
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+
+
+def evaluate(model: torch.nn.Module, data: Tensors) -> Evaluation:
+    """Average accuracy, per-group accuracy and worst-group accuracy (groups from ``data.groups``)."""
+    correct = (predict(model, data.images) == data.labels).numpy()
+    groups = np.array(data.groups or [""] * len(data))
+    group_acc = {str(gname): float(correct[groups == gname].mean()) for gname in sorted(set(groups))}
+    return Evaluation(float(correct.mean()), min(group_acc.values()), group_acc, len(data))
+
+
+def save_task_weights(model: torch.nn.Module, path: str | Path) -> Path:
+    """Save a TaskModel's network weights as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.safetensors")
+    save_file({k: v.detach().contiguous() for k, v in model.net.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,144 @@
+"""The closed loop on tiny random models and a small custom benchmark: cells, caching, resume,
+results.csv, report, loop; and the fine-tuning recipe itself on separable data."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+import yaml
+
+from advprompts.experiments.config import ExperimentConfig, load_experiment_config
+from advprompts.experiments.loop import run_loop
+from advprompts.experiments.report import write_report
+from advprompts.experiments.runner import ExperimentRunner
+from advprompts.tasks.models import load_task_model
+from advprompts.tasks.train import Tensors, TrainRecipe, evaluate, train_classifier
+from advprompts.world.benchmarks import Benchmark, export_benchmark
+
+SMALL_BENCH = {
+    "name": "mini-birds", "classes": ["landbird", "waterbird"],
+    "class_objects": {"landbird": ["sparrow"], "waterbird": ["duck"]},
+    "target_descriptions": ["a bird in the snow", "a bird in a lake"],
+    "splits": {
+        "train": {"size": 16, "cells": [{"classes": ["waterbird"], "places": "water"},
+                                        {"classes": ["landbird"], "places": "land"}]},
+        "test": {"size": 12, "balanced": True, "cells": [
+            {"classes": ["waterbird"], "places": "water"}, {"classes": ["waterbird"], "places": "land"},
+            {"classes": ["landbird"], "places": "water"}, {"classes": ["landbird"], "places": "land"}]},
+        "ood_pool": {"size": 8, "balanced": True, "cells": [{"classes": ["waterbird"], "places": "land"},
+                                                             {"classes": ["landbird"], "places": "water"}]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    return export_benchmark(Benchmark(**SMALL_BENCH), tmp_path_factory.mktemp("bench") / "mini-birds")
+
+
+def _config(bench_dir, **kw) -> ExperimentConfig:
+    data = {
+        "name": "t", "benchmark": str(bench_dir), "ood_split": "ood_pool", "model": "tiny", "image_size": 16,
+        "train": {"epochs": 2, "batch_size": 8}, "finetune": {"epochs": 1, "batch_size": 8},
+        "max_extra": 4, "budgets": [1.0, 0.5], "seeds": [0],
+        "generation": {"steps": 2, "guidance_scale": 3.0, "batch_size": 8},
+        "methods": {
+            "no_extra": {"kind": "no_extra"},
+            "agnostic": {"kind": "text", "prompts": ["a photo of a {class} in nature"]},
+            "guided_text": {"kind": "text"},
+            "random": {"kind": "random", "num_prompts": 2, "num_tokens": 2},
+            "ap": {"kind": "optimized", "optimize": "tiny-ap", "set": ["optim.steps=2", "log.tensorboard=false"]},
+            "cutmix": {"kind": "augment", "augment": "cutmix"},
+            "real_ood": {"kind": "real_ood"},
+        },
+    }
+    data.update(kw)
+    return ExperimentConfig(**data)
+
+
+def test_experiment_cells_results_report_and_resume(bench_dir, tmp_path, tiny):
+    cfg = _config(bench_dir)
+    out = tmp_path / "exp"
+    rows = ExperimentRunner(cfg, out, components=tiny, progress=False).run()
+    # no_extra once, every other method at both budgets (4 and 2 extra images).
+    assert len(rows) == 1 + 6 * 2
+    assert sorted({(r["method"], r["n_extra"]) for r in rows})[:2] == [("agnostic", 2), ("agnostic", 4)]
+    with open(out / "results.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0])[:6] == ["benchmark", "method", "n_extra", "seed", "avg_acc", "worst_group_acc"]
+    groups = [c for c in table[0] if c.startswith("acc_")]
+    assert groups == ["acc_landbird-land", "acc_landbird-water", "acc_waterbird-land", "acc_waterbird-water"]
+    for r in table:
+        accs = [float(r[g]) for g in groups]
+        assert float(r["worst_group_acc"]) == pytest.approx(min(accs), abs=1e-4)
+    # Generated pools: label-preserving, one image per (source, prompt), per-class AP prompts on their class.
+    with open(out / "pools" / "ap-s0" / "metadata.csv", newline="") as f:
+        ap_rows = list(csv.DictReader(f))
+    assert len(ap_rows) >= 4
+    for r in ap_rows:
+        assert r["prompt_file"].endswith(".safetensors")
+    assert (out / "pools" / "random-s0" / "prompts" / "prompt_1.safetensors").is_file()
+    # Resume: cached cells are reused; a deleted cell is the only one recomputed.
+    (out / "cells" / "agnostic-n2-s0.json").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    rows2 = ExperimentRunner(cfg, out, components=tiny, progress=False).run()
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    assert {k for k in after if after[k] != before.get(k)} == {"agnostic-n2-s0.json"}
+    assert len(rows2) == len(rows)
+    report = write_report(out, cfg, components=tiny)
+    text = report.read_text()
+    assert "| ap | 4 | 1 |" in text and (out / "figures" / "accuracy_vs_extra.png").is_file()
+    assert "## Learned prompts" in text and (out / "figures" / "grid_ap-s0.png").is_file()
+
+
+def test_experiment_refuses_other_config(bench_dir, tmp_path, tiny):
+    from advprompts.errors import OutputExistsError
+
+    cfg = _config(bench_dir, methods={"no_extra": {"kind": "no_extra"}})
+    ExperimentRunner(cfg, tmp_path / "e", components=tiny, progress=False).run()
+    with pytest.raises(OutputExistsError):
+        ExperimentRunner(_config(bench_dir, max_extra=3, methods={"no_extra": {"kind": "no_extra"}}),
+                         tmp_path / "e", components=tiny, progress=False)
+
+
+def test_loop_iterates_and_resumes(bench_dir, tmp_path, tiny):
+    cfg = _config(bench_dir, methods={"ap": {"kind": "optimized", "optimize": "tiny-ap",
+                                             "set": ["optim.steps=1", "log.tensorboard=false"]}})
+    runner = ExperimentRunner(cfg, tmp_path / "loop", components=tiny, progress=False)
+    rows = run_loop(runner, "ap", iterations=2)
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert rows[2]["n_extra"] > rows[1]["n_extra"] > 0
+    assert (tmp_path / "loop" / "prompts" / "ap-s0-it2").is_dir()
+    again = run_loop(ExperimentRunner(cfg, tmp_path / "loop", components=tiny, progress=False), "ap", iterations=2)
+    assert again == rows
+
+
+def test_presets_validate():
+    for name in ("waterbirds-synth", "demo", "demo-quick", "wildcam-synth"):
+        cfg = load_experiment_config(name)
+        assert cfg.methods and cfg.max_extra > 0
+    cfg = load_experiment_config("waterbirds-synth", ["seeds=[5]"], methods=["gap", "no_extra"])
+    assert cfg.seeds == [5] and list(cfg.methods) == ["gap", "no_extra"]
+
+
+def test_fine_tuning_learns_from_extra_data():
+    """The shared recipe must learn a cue that only the extra data teaches (else no method can help)."""
+    g = torch.Generator().manual_seed(0)
+
+    def make(n, flip):  # label = bright square in the top-left; background colour = spurious cue
+        y = torch.arange(n) % 2
+        bg = y if not flip else 1 - y
+        x = torch.rand(n, 3, 16, 16, generator=g) * 0.2 + bg.view(-1, 1, 1, 1) * 0.5
+        x[:, :, :6, :6] += y.view(-1, 1, 1, 1) * 0.4
+        return Tensors(x.clamp(0, 1), y, [f"{int(a)}-{int(b)}" for a, b in zip(y, bg)])
+
+    train, ood, test = make(64, False), make(64, True), Tensors.concat([make(32, False), make(32, True)])
+    torch.manual_seed(0)
+    base = train_classifier(load_task_model("small_cnn", 2), train, TrainRecipe(epochs=3, batch_size=16), seed=0)
+    before = evaluate(base, test)
+    tuned = train_classifier(base, Tensors.concat([train, ood]), TrainRecipe(epochs=4, batch_size=16), seed=1)
+    after = evaluate(tuned, test)
+    assert after.worst_group_acc > before.worst_group_acc + 0.3
+    assert after.avg_acc > 0.9
