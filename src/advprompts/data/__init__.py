@@ -1,6 +1,7 @@
-"""Datasets: the folder + metadata.csv format, a registry of named datasets, tiny-synth."""
+"""Datasets: the folder + metadata.csv format, a registry of named datasets, tiny-synth, and
+loaders of real layouts (waterbirds, iwildcam) that yield the same samples."""
 
-from advprompts.data import synthetic  # noqa: F401  (registers tiny-synth)
+from advprompts.data import iwildcam, synthetic, waterbirds  # noqa: F401  (register tiny-synth, waterbirds, iwildcam)
 from advprompts.data.folder import FolderDataset, collate, list_datasets, load_images, register_dataset, resolve_dataset
 
 __all__ = ["FolderDataset", "collate", "list_datasets", "load_images", "register_dataset", "resolve_dataset"]

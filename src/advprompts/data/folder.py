@@ -2,15 +2,20 @@
 
 Columns: ``file_name,label[,label_name][,group][,place][,location][,time][,split][,mask_file]
 [,depth_file][,caption]``; ``file_name``, ``mask_file`` and ``depth_file`` are relative to the
-folder. A mask is a grayscale PNG (255 = object); a depth file is ``.npy`` or a grayscale PNG.
+folder (absolute paths are allowed). A mask is a grayscale PNG (object = above half of 255, or
+1 in a 0/1 mask); a depth file is ``.npy`` or a grayscale PNG. ``root`` may also be the CSV file itself.
 The same folder layout is what ``advprompts generate`` writes, and ``datasets.load_dataset(
 "imagefolder", data_dir=...)`` reads it too. Everything is validated when the dataset is opened,
 so a bad file fails before any compute is spent.
+
+Dataset specs (``data.source``, ``--source``, target images): a folder, or a registered name as
+``NAME[:SPLIT][@ROOT][?KEY=VALUE&...]``, e.g. ``waterbirds:train_majority@/data/waterbirds?masks=none``.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +34,7 @@ OPTIONAL = ("label_name", "group", "place", "location", "time", "split", "mask_f
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 _DATASETS: dict[str, Callable[..., Any]] = {}
+_WHY = {"missing": "is missing; {fix}", "corrupt": "is corrupt or unreadable; replace or remove it"}
 
 
 def register_dataset(name: str):
@@ -62,13 +68,100 @@ def _to_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous() if arr.ndim == 3 else torch.from_numpy(arr)[None]
 
 
+def read_mask(path: Path, instance: bool = False) -> np.ndarray:
+    """The object pixels of a mask file as a bool (H, W) array.
+
+    Binary masks: above half of 255 (0/255 masks and soft CUB segmentations alike; in a 0/1 mask,
+    1). Instance masks (0 = background, k = the k-th instance): every non-zero pixel.
+    """
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im if instance else im.convert("L"))
+    except FileNotFoundError as exc:
+        raise DataError(f"mask {str(path)!r} is missing; add it or clear mask_file") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"mask {str(path)!r} is corrupt or unreadable; replace or remove it") from exc
+    if arr.ndim == 3:
+        arr = arr.max(axis=-1)
+    return arr > 0 if instance or arr.max(initial=0) <= 1 else arr > 127
+
+
+def image_problem(path: Path, decode: bool = False) -> tuple[tuple[int, int] | None, str | None]:
+    """``(size, None)`` for a readable image, else ``(None, "missing" | "corrupt")``.
+
+    ``decode`` also decodes the pixels (JPEG at reduced scale), which catches truncated files.
+    """
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            im.verify()
+        if decode:
+            with Image.open(path) as im:
+                im.draft("RGB", (64, 64))
+                im.load()
+    except FileNotFoundError:
+        return None, "missing"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None, "corrupt"
+    return size, None
+
+
+def row_problems(root: Path, row: dict, where: str = "", decode: bool = False) -> list[str]:
+    """Every problem of one row (label, image, mask), each a one-line message naming the file."""
+    problems = []
+    try:
+        int(float(row["label"]))
+    except (TypeError, ValueError):
+        problems.append(f"label {row['label']!r}{where} is not an integer")
+    image_path = root / row["file_name"]
+    size, why = image_problem(image_path, decode)
+    if why:
+        problems.append(f"image {str(image_path)!r}{where} " + _WHY[why].format(fix="add it or drop the row"))
+    if row.get("mask_file"):
+        mask_path = root / row["mask_file"]
+        msize, why = image_problem(mask_path, decode)
+        if why:
+            problems.append(f"mask {str(mask_path)!r}{where} " + _WHY[why].format(fix="add it or clear mask_file"))
+        elif size is not None and msize != size:
+            problems.append(f"mask {row['mask_file']!r} is {msize[0]}x{msize[1]} but its image {row['file_name']!r} is "
+                            f"{size[0]}x{size[1]}; masks must match their image size")
+    return problems
+
+
+def read_metadata(path: str | Path) -> tuple[Path, Path, list[str], list[dict]]:
+    """``(root, csv_file, columns, rows)`` of a folder with metadata.csv, or of a CSV file whose
+    paths are relative to its folder; each row carries its CSV line number as ``_line``."""
+    path = Path(path).expanduser()
+    root, meta = (path.parent, path) if path.suffix.lower() == ".csv" else (path, path / "metadata.csv")
+    if not root.is_dir():
+        raise DataError(f"dataset folder {str(root)!r} does not exist; pass a folder holding metadata.csv")
+    if not meta.is_file():
+        raise DataError(f"dataset folder {str(root)!r} has no {meta.name}; add one with columns file_name,label")
+    try:
+        with open(meta, newline="") as fh:
+            reader = csv.DictReader(fh)
+            columns = list(reader.fieldnames or [])
+            rows = [dict(r, _line=i + 2, _file=meta.name) for i, r in enumerate(reader)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{str(meta)!r} is not a readable CSV ({exc}); rewrite it as UTF-8 CSV") from exc
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise DataError(f"{str(meta)!r} lacks column {missing[0]!r}; required columns: file_name,label")
+    return root, meta, columns, rows
+
+
 class FolderDataset(torch.utils.data.Dataset):
     """Images + labels (+ object masks, dense targets) from a folder with ``metadata.csv``.
 
     Args:
-        root: the folder.
+        root: the folder (or the CSV file; paths in it are relative to its folder).
         split: keep only rows whose ``split`` column equals this (needs the column).
         image_size: resize images (bilinear) and masks (nearest) to this square size.
+        rows: rows in this format given directly (loaders of other layouts); no CSV is read.
+        class_names: label -> name (default: from ``label_name``, else the label).
+        instance_masks: masks hold instance ids (0 = background); every non-zero pixel is object.
+        empty_mask_if_missing: a row without mask gets an all-zero mask (the whole image is
+            regenerated) instead of None.
 
     Each item is a dict: ``image`` (3, H, W) in [0, 1], ``mask`` (1, H, W) in {0, 1} or None,
     ``dense`` (1, H, W) or None, ``label`` int, ``file_name`` str and every other present column
@@ -79,55 +172,34 @@ class FolderDataset(torch.utils.data.Dataset):
             mask whose size differs from its image.
     """
 
-    def __init__(self, root: str | Path, split: str | None = None, image_size: int | None = None):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, split: str | None = None, image_size: int | None = None, *,
+                 rows: list[dict] | None = None, class_names: dict[int, str] | None = None,
+                 instance_masks: bool = False, empty_mask_if_missing: bool = False):
         self.image_size = image_size
-        meta = self.root / "metadata.csv"
-        if not self.root.is_dir():
-            raise DataError(f"dataset folder {str(self.root)!r} does not exist; pass a folder holding metadata.csv")
-        if not meta.is_file():
-            raise DataError(f"dataset folder {str(self.root)!r} has no metadata.csv; add one with columns file_name,label")
-        try:
-            with open(meta, newline="") as fh:
-                reader = csv.DictReader(fh)
-                columns = reader.fieldnames or []
-                rows = list(reader)
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise DataError(f"{str(meta)!r} is not a readable CSV ({exc}); rewrite it as UTF-8 CSV") from exc
-        missing = [c for c in REQUIRED if c not in columns]
-        if missing:
-            raise DataError(f"{str(meta)!r} lacks column {missing[0]!r}; required columns: file_name,label")
-        if split is not None:
-            if "split" not in columns:
-                raise DataError(f"{str(meta)!r} has no split column but split={split!r} was requested")
-            rows = [r for r in rows if r["split"] == split]
+        self.instance_masks, self.empty_mask_if_missing = instance_masks, empty_mask_if_missing
+        if rows is None:
+            self.root, meta, self.columns, rows = read_metadata(root)
+            if split is not None:
+                if "split" not in self.columns:
+                    raise DataError(f"{str(meta)!r} has no split column but split={split!r} was requested")
+                rows = [r for r in rows if r["split"] == split]
+        else:
+            self.root, self.columns = Path(root), sorted({k for r in rows for k in r if not k.startswith("_")})
         if not rows:
             raise DataError(f"dataset {str(self.root)!r} is empty" + (f" for split {split!r}" if split else "")
                             + "; add rows to metadata.csv")
-        self.columns = columns
-        self.rows = [self._check_row(r, i + 2) for i, r in enumerate(rows)]
-        self.class_names = {r["label"]: r.get("label_name") or str(r["label"]) for r in self.rows}
+        self.rows = [self._check_row(r) for r in rows]
+        self.class_names = dict(class_names) if class_names else \
+            {r["label"]: r.get("label_name") or str(r["label"]) for r in self.rows}
         logger.info("dataset %s: %d samples", self.root, len(self.rows))
 
-    def _check_row(self, row: dict, line: int) -> dict:
-        try:
-            row["label"] = int(float(row["label"]))
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"metadata.csv line {line}: label {row['label']!r} is not an integer") from exc
-        image_path = self.root / row["file_name"]
-        try:
-            with Image.open(image_path) as im:
-                im.verify()
-                size = im.size
-        except FileNotFoundError as exc:
-            raise DataError(f"image {str(image_path)!r} (metadata.csv line {line}) is missing; add it or drop the row") from exc
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise DataError(f"image {str(image_path)!r} is corrupt or unreadable; replace or remove it") from exc
-        if row.get("mask_file"):
-            mask = _read_image(self.root / row["mask_file"], "L")
-            if mask.size != size:
-                raise DataError(f"mask {row['mask_file']!r} is {mask.size[0]}x{mask.size[1]} but its image "
-                                f"{row['file_name']!r} is {size[0]}x{size[1]}; masks must match their image size")
+    def _check_row(self, row: dict) -> dict:
+        # Header-only checks at open time (cheap); `advprompts data summary` decodes every file.
+        where = f" ({row.get('_file', 'metadata.csv')} line {row['_line']})" if "_line" in row else ""
+        problems = row_problems(self.root, row, where)
+        if problems:
+            raise DataError(problems[0])
+        row["label"] = int(float(row["label"]))
         return row
 
     def __len__(self) -> int:
@@ -148,16 +220,20 @@ class FolderDataset(torch.utils.data.Dataset):
             arr = np.asarray(im, dtype=np.float32)
         return torch.from_numpy(arr / (65535.0 if arr.max() > 255 else 255.0))[None]
 
+    def _mask(self, row: dict, size: tuple[int, int]) -> torch.Tensor | None:
+        if not row.get("mask_file"):
+            return torch.zeros(1, *size) if self.empty_mask_if_missing else None
+        keep = read_mask(self.root / row["mask_file"], self.instance_masks)
+        return self._resize(torch.from_numpy(keep.astype(np.float32))[None], "nearest")
+
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]
         image = self._resize(_to_tensor(_read_image(self.root / row["file_name"], "RGB")), "bilinear").clamp(0, 1)
-        mask = None
-        if row.get("mask_file"):
-            mask = (self._resize(_to_tensor(_read_image(self.root / row["mask_file"], "L")), "nearest") > 0.5).float()
+        mask = self._mask(row, tuple(image.shape[-2:]))
         dense = self._resize(self._dense(row["depth_file"]), "bilinear") if row.get("depth_file") else None
-        item = {k: row.get(k) or "" for k in OPTIONAL}
-        item.update(image=image, mask=mask, dense=dense, label=row["label"], file_name=row["file_name"])
-        item["label_name"] = item["label_name"] or self.class_names[row["label"]]
+        item = {k: str(row.get(k) or "") for k in OPTIONAL}
+        item.update(image=image, mask=mask, dense=dense, label=row["label"], file_name=str(row["file_name"]))
+        item["label_name"] = item["label_name"] or self.class_names.get(row["label"], str(row["label"]))
         return item
 
 
@@ -177,23 +253,56 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
+def parse_spec(spec: str) -> tuple[str, str | None, str | None, dict[str, str]]:
+    """Split ``NAME[:SPLIT][@ROOT][?KEY=VALUE&...]`` into ``(name, split, root, options)``."""
+    head, _, query = spec.partition("?")
+    head, _, root = head.partition("@")
+    name, _, split = head.partition(":")
+    options = {}
+    for part in filter(None, query.split("&")):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"dataset {spec!r}: option {part!r} is not KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return name, split or None, root or None, options
+
+
+def _open(name: str, split, image_size, root, options):
+    factory = _DATASETS[name]
+    params = inspect.signature(factory).parameters
+    if (root is not None and "root" not in params) or \
+            (options and not any(p.kind is p.VAR_KEYWORD for p in params.values())):
+        raise DataError(f"dataset {name!r} takes no @ROOT or ?options; use {name}[:SPLIT]")
+    return factory(split=split, image_size=image_size, **({"root": root} if root else {}), **options)
+
+
 def resolve_dataset(spec: str, split: str | None = None, image_size: int | None = None):
-    """A dataset from a registered name (``name`` or ``name:split``) or a folder path.
+    """A dataset from a registered name (``NAME[:SPLIT][@ROOT][?KEY=VALUE&...]``) or a folder path.
 
     Raises:
         DataError: when ``spec`` is neither a registered name nor a dataset folder.
     """
+    if spec in _DATASETS:
+        return _open(spec, split, image_size, None, {})
+    name, name_split, root, options = parse_spec(spec)
+    if name in _DATASETS:
+        return _open(name, split or name_split, image_size, root, options)
     name, _, name_split = spec.partition(":")
-    if spec in _DATASETS or name in _DATASETS:
-        factory = _DATASETS.get(spec) or _DATASETS[name]
-        return factory(split=split or (name_split if spec not in _DATASETS else None) or None, image_size=image_size)
     path = Path(spec).expanduser()
     if not path.exists() and name_split and Path(name).is_dir():
         path, split = Path(name), split or name_split
-    if not path.is_dir():
+    if not path.is_dir() and not (path.is_file() and path.suffix.lower() == ".csv"):
         known = ", ".join(list_datasets()) or "none registered"
         raise DataError(f"dataset {spec!r} is neither a folder nor a registered dataset ({known})")
     return FolderDataset(path, split=split, image_size=image_size)
+
+
+@register_dataset("folder")
+def folder_dataset(split: str | None = None, image_size: int | None = None, root: str | None = None) -> FolderDataset:
+    """``folder[:SPLIT]@DIR``: the generic format by name (DIR holds metadata.csv, or is the CSV)."""
+    if root is None:
+        raise DataError("dataset 'folder' needs its location: folder[:SPLIT]@DIR (DIR holds metadata.csv, or is a CSV)")
+    return FolderDataset(root, split=split, image_size=image_size)
 
 
 def load_images(spec: str, max_images: int = 100, image_size: int | None = None) -> torch.Tensor:

@@ -85,18 +85,31 @@ class Components:
         return self
 
 
-def _howto(spec: str) -> str:
-    hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
-    repo = spec if "/" in spec and not Path(spec).is_absolute() else "stable-diffusion-v1-5/stable-diffusion-v1-5"
+#: What a local folder of each kind of model holds, and the hub id suggested for it.
+_KINDS = {
+    "pipeline": ("a local diffusers pipeline folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
+                 "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+    "clip": ("a local transformers CLIPModel folder (config.json, model.safetensors, preprocessor_config.json, "
+             "tokenizer files)", "openai/clip-vit-large-patch14"),
+    "controlnet": ("a local diffusers ControlNetModel folder (config.json, diffusion_pytorch_model.safetensors)",
+                   "lllyasviel/sd-controlnet-depth"),
+}
+
+
+def _howto(spec: str, kind: str = "pipeline") -> str:
+    from huggingface_hub import constants
+
+    folder, default = _KINDS[kind]
+    repo = spec if "/" in spec and not Path(spec).is_absolute() and not spec.startswith((".", "~")) else default
     return (
-        f"pass a local diffusers pipeline folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/), "
-        f"or download it first with `huggingface-cli download {repo} --local-dir DIR` "
-        f"(hub cache: HF_HOME={hf_home})"
+        f"pass {folder}, or download it first with `hf download {repo} --local-dir DIR` (older huggingface_hub: "
+        f"`huggingface-cli download`) and pass DIR, or point HF_HOME / HF_HUB_CACHE at a hub cache holding it "
+        f"(now {constants.HF_HUB_CACHE})"
     )
 
 
-def _resolve_spec(spec: str) -> tuple[str, bool]:
-    """Return (location, is_local) for a model spec."""
+def _resolve_spec(spec: str, kind: str = "pipeline") -> tuple[str, bool]:
+    """Return (location, is_local) for a model spec (``kind`` words the error messages)."""
     if spec == "embedded":
         from advprompts.zoo.paths import sd_path
 
@@ -111,9 +124,9 @@ def _resolve_spec(spec: str) -> tuple[str, bool]:
     looks_like_path = path.is_absolute() or spec.startswith((".", "~")) or path.exists() or spec.count("/") != 1
     if looks_like_path:
         if not path.is_dir():
-            raise ModelLoadError(f"model folder {spec!r} does not exist; {_howto(spec)}")
+            raise ModelLoadError(f"model folder {spec!r} does not exist; {_howto(spec, kind)}")
         return str(path), True
-    return _resolve_hub(spec)
+    return _resolve_hub(spec, kind)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -129,7 +142,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _resolve_hub(repo: str) -> tuple[str, bool]:
+def _resolve_hub(repo: str, kind: str = "pipeline") -> tuple[str, bool]:
     """A hub id: its cached snapshot if there is one; else fail at once when the hub cannot be reached.
 
     Without this, huggingface_hub retries every file for minutes before the first error.
@@ -141,8 +154,11 @@ def _resolve_hub(repo: str) -> tuple[str, bool]:
     except Exception:  # not (fully) cached: any huggingface_hub error means the same here
         pass
     if _offline() or not _hub_reachable():
-        why = "HF_HUB_OFFLINE is set" if _offline() else "the hub cannot be reached"
-        raise ModelLoadError(f"model {repo!r} is not in the local cache and {why}; {_howto(repo)}")
+        why = "you are offline (HF_HUB_OFFLINE is set)" if _offline() else "the hub cannot be reached"
+        from huggingface_hub import constants
+
+        raise ModelLoadError(f"model {repo!r} is not in the hub cache {constants.HF_HUB_CACHE} and {why}; "
+                             f"{_howto(repo, kind)}")
     return repo, False
 
 
@@ -166,14 +182,18 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
-def _from_pretrained(cls, location: str, subfolder: str | None, local: bool, what: str, **kwargs):
+def _from_pretrained(cls, location: str, subfolder: str | None, local: bool, what: str, kind: str = "pipeline",
+                     **kwargs):
     # huggingface_hub reads HF_HUB_OFFLINE at import time; re-read it so a later setting holds.
+    # transformers 5 fails on subfolder=None (os.path.join(None, ...)): pass it only when set.
+    if subfolder is not None:
+        kwargs["subfolder"] = subfolder
     try:
-        return cls.from_pretrained(location, subfolder=subfolder, local_files_only=bool(local) or _offline(), **kwargs)
+        return cls.from_pretrained(location, local_files_only=bool(local) or _offline(), **kwargs)
     except (OSError, ValueError, EnvironmentError, RuntimeError) as exc:
         offline = _offline()
         why = "offline (HF_HUB_OFFLINE is set) and not in the cache" if offline and not local else type(exc).__name__
-        raise ModelLoadError(f"cannot load the {what} from {location!r} ({why}); {_howto(location)}") from exc
+        raise ModelLoadError(f"cannot load the {what} from {location!r} ({why}); {_howto(location, kind)}") from exc
 
 
 def _load_controlnet(spec: str | torch.nn.Module, device, dtype):
@@ -185,8 +205,8 @@ def _load_controlnet(spec: str | torch.nn.Module, device, dtype):
         return tiny_controlnet()
     from diffusers import ControlNetModel
 
-    location, local = _resolve_spec(spec)
-    return _from_pretrained(ControlNetModel, location, None, local, "ControlNet")
+    location, local = _resolve_spec(spec, "controlnet")
+    return _from_pretrained(ControlNetModel, location, None, local, "ControlNet", "controlnet")
 
 
 def _scheduler_class(location: str, local: bool, scheduler: str):
@@ -317,8 +337,8 @@ def load_clip(spec: str, device: str | torch.device = "cpu") -> ClipImageEncoder
                 "a CLIPModel folder / hub id (e.g. openai/clip-vit-large-patch14)"
             )
     else:
-        location, local = _resolve_spec(spec)
-    model = _from_pretrained(CLIPModel, location, None, local, "CLIP model")
+        location, local = _resolve_spec(spec, "clip")
+    model = _from_pretrained(CLIPModel, location, None, local, "CLIP model", "clip")
     mean, std, tokenizer = CLIP_MEAN, CLIP_STD, None
     if local:
         pre = Path(location) / "preprocessor_config.json"

@@ -1,8 +1,9 @@
 """Task models f: images in [0, 1] -> logits (or dense maps), each with its own preprocessing.
 
 ``load_task_model(arch, num_classes, weights)`` is the single entry point (one config entry):
-torchvision architectures are random-init unless ``weights`` (a safetensors / pt state dict) is
-given; nothing is downloaded.
+a registered name, ``torchvision:<name>`` (any ``torchvision.models`` builder) or ``timm:<name>``
+(when timm is installed). Networks are random-init unless ``weights`` (a safetensors / pt state
+dict) is given; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -93,6 +94,33 @@ def vit_b_16(num_classes: int) -> nn.Module:
     return tv(weights=None, num_classes=num_classes)
 
 
+def _external(arch: str, num_classes: int) -> TaskModel:
+    """``torchvision:<name>`` or ``timm:<name>``, random-init, with its input size and normalisation."""
+    lib, _, name = arch.partition(":")
+    if lib == "torchvision":
+        import torchvision.models as tvm
+
+        if name not in tvm.list_models():
+            raise ConfigError(f"task model {arch!r}: torchvision has no model {name!r}; "
+                              "see torchvision.models.list_models()")
+        size = 224 if name.startswith(("vit_", "swin", "maxvit")) else None  # fixed-size transformers
+        return TaskModel(tvm.get_model(name, weights=None, num_classes=num_classes), arch, num_classes, size)
+    if lib == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise ConfigError(f"task model {arch!r} needs timm, which is not installed; `pip install timm --no-deps` "
+                              "adds it without touching torch (its other dependencies are already installed)") from None
+        if not timm.is_model(name):
+            raise ConfigError(f"task model {arch!r}: timm has no model {name!r}; see timm.list_models()")
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+        size = cfg["input_size"][-1] if cfg.get("fixed_input_size") and cfg.get("input_size") else None
+        return TaskModel(net, arch, num_classes, size, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
+    raise ConfigError(f"task model {arch!r} is unknown; available: {', '.join(list_task_models())}, "
+                      "torchvision:<name>, timm:<name>")
+
+
 def _read_state(path: Path) -> dict:
     if not path.is_file():
         raise ModelLoadError(f"task model weights {str(path)!r} do not exist; pass a .safetensors or .pt state dict")
@@ -112,7 +140,7 @@ def load_task_model(arch: str, num_classes: int, weights: str | Path | None = No
     """Build a registered task model, optionally loading a state dict.
 
     Args:
-        arch: a name from :func:`list_task_models`.
+        arch: a name from :func:`list_task_models`, ``torchvision:<name>`` or ``timm:<name>``.
         num_classes: output classes.
         weights: safetensors / pt state dict of the bare network or of a :class:`TaskModel`.
         input_size: resize inputs to this size first (default: the architecture's, if fixed).
@@ -124,11 +152,16 @@ def load_task_model(arch: str, num_classes: int, weights: str | Path | None = No
         ConfigError: unknown architecture or invalid num_classes.
         ModelLoadError: unreadable weights or keys that do not match the architecture.
     """
-    if arch not in _TASK_MODELS:
-        raise ConfigError(f"task model {arch!r} is unknown; available: {', '.join(list_task_models())}")
+    if arch not in _TASK_MODELS and ":" not in arch:
+        raise ConfigError(f"task model {arch!r} is unknown; available: {', '.join(list_task_models())}, "
+                          "torchvision:<name>, timm:<name>")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes={num_classes!r} is invalid; expected an integer >= 1")
-    model = TaskModel(_TASK_MODELS[arch](num_classes), arch, num_classes, input_size or _INPUT_SIZE[arch])
+    if arch in _TASK_MODELS:
+        model = TaskModel(_TASK_MODELS[arch](num_classes), arch, num_classes, input_size or _INPUT_SIZE[arch])
+    else:
+        model = _external(arch, num_classes)
+        model.input_size = input_size or model.input_size
     if weights is not None:
         state = _read_state(Path(weights))
         target = model if any(k.startswith("net.") for k in state) else model.net

@@ -1,4 +1,4 @@
-"""Datasets: export the embedded benchmarks as image folders with metadata.csv."""
+"""Datasets: export the embedded benchmarks as image folders; summarise and check any dataset."""
 
 from __future__ import annotations
 
@@ -30,3 +30,19 @@ def benchmarks():
 
     for name in list_benchmarks():
         typer.echo(f"{name:20s} {load_benchmark(name).description}")
+
+
+@app.command("summary")
+@handle_errors
+def summary(dataset: Annotated[str, typer.Option(help="waterbirds, iwildcam, folder, or a registered name.")],
+            root: Annotated[Optional[Path], typer.Option(help="Dataset folder (or a CSV, for folder).")] = None,
+            option: Annotated[Optional[list[str]], typer.Option("--option", "-O", help="Loader option KEY=VALUE, "
+                                                                 "e.g. masks=DIR, subset=DIR (repeatable).")] = None,
+            quick: Annotated[bool, typer.Option(help="Check file headers only (no decoding).")] = False):
+    """Counts per split and group; checks every image and mask (exit 2 when any is missing or corrupt)."""
+    from advprompts.data.summary import parse_options, summarize
+
+    result = summarize(dataset, root, parse_options(option or []), decode=not quick)
+    for line in result.lines():
+        typer.echo(line)
+    result.raise_for_problems()
