@@ -32,17 +32,21 @@ class ZooRecipe:
 
     seed: int = 0
     corpus_size: int = 60_000
-    clip_steps: int = 1000
+    clip_steps: int = 900
     clip_batch: int = 192
-    vae_steps: int = 1000
+    # VAE: 1500 steps on object-centred 32 px crops (the VAE is fully convolutional), then 500 on full
+    # images; object pixels weighted 5x, plus an image-gradient term. Measured: the oracle recognises
+    # the object in 92% of reconstructions (zebra stripes kept), against 56% for the plain 1000-step
+    # L1+MSE VAE of the first build.
+    vae_steps: int = 2000
     vae_batch: int = 32
-    vae_crop_steps: int = 0  # first steps on 32 px crops (4x cheaper; the VAE is fully convolutional)
+    vae_crop_steps: int = 1500
     vae_crop_batch: int = 64
-    vae_object_weight: float = 0.0  # extra reconstruction weight on (dilated) object pixels
+    vae_object_weight: float = 4.0  # extra reconstruction weight on (dilated) object pixels
     unet_steps: int = 4000
     unet_batch: int = 64
     unet_lr: float = 6e-4
-    unet_object_weight: float = 0.0  # extra loss weight on latent pixels covered by the object mask
+    unet_object_weight: float = 4.0  # extra loss weight on latent pixels covered by the object mask
     caption_dropout: float = 0.1
     oracle_steps: int = 600
     oracle_batch: int = 128
