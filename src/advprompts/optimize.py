@@ -3,11 +3,14 @@
 AP, GP and GAP are configurations of :func:`optimize` (their ``losses`` differ). Every prompt
 (one per seed, times one per class with ``prompt.per_class``) is trained in turn. Each step draws
 its batch and noise from generators seeded by ``(optim.seed, prompt index, step)``, so a run
-resumed from a checkpoint (embeddings + optimiser state) ends bit-identical to an uninterrupted one.
+resumed from a checkpoint (embeddings + optimiser state) ends bit-identical to an uninterrupted one,
+and prompts can be split over processes (``shard``, ``accelerate launch``): each process trains
+the prompts whose index is its share, into the same folder, with the same results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -23,7 +26,8 @@ import torch
 from advprompts.config.presets import dump_config
 from advprompts.config.schema import RunConfig
 from advprompts.data.folder import collate
-from advprompts.errors import DataError, NaNLossError
+from advprompts.errors import ConfigError, DataError, NaNLossError
+from advprompts.generate import launch_device, launch_state, parse_shard, resolve_shard
 from advprompts.losses import LossInputs, LossResources, LossSet, WeightedTerm, build_loss
 from advprompts.prompts import LearnablePrompt
 from advprompts.rundir import atomic_write_bytes, atomic_write_text, prepare_run_dir
@@ -119,9 +123,17 @@ def _sampler_kwargs(config: RunConfig, batch: dict, device: torch.device) -> dic
 class _Log:
     """log.csv rows (rewritten atomically) + optional TensorBoard."""
 
-    def __init__(self, out: Path, columns: list[str], tensorboard: bool, purge_step: int | None):
-        self.path, self.columns = out / "log.csv", ["prompt", "step", *columns, "total", "seconds"]
-        self.rows = list(csv.DictReader(open(self.path))) if self.path.is_file() else []
+    def __init__(self, out: Path, columns: list[str], tensorboard: bool, purge_step: int | None,
+                 part: str | None = None, keys: set[str] | None = None):
+        # A shard keeps its rows in .parts/<part> (seeded from log.csv for its own prompts, so a run
+        # started unsharded can go on sharded); merge() gathers the parts into log.csv.
+        self.out, self.columns = out, ["prompt", "step", *columns, "total", "seconds"]
+        self.path = out / ".parts" / part if part else out / "log.csv"
+        source = self.path if self.path.is_file() or not part else out / "log.csv"
+        self.rows = list(csv.DictReader(open(source))) if source.is_file() else []
+        if part:
+            self.path.parent.mkdir(exist_ok=True)
+            self.rows = [r for r in self.rows if r["prompt"] in keys]
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -137,14 +149,27 @@ class _Log:
             for name, value in values.items():
                 self.tb.add_scalar(f"{key}/{name}", value, step)
 
-    def flush(self) -> None:
+    def _write(self, path: Path, rows: list[dict]) -> None:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_text(self.path, buf.getvalue())
+        writer.writerows(rows)
+        atomic_write_text(path, buf.getvalue())
+
+    def flush(self) -> None:
+        self._write(self.path, self.rows)
         if self.tb is not None:
             self.tb.flush()
+
+    def merge(self, order: dict[str, int]) -> None:
+        """log.csv = every shard's rows (and earlier log.csv rows of prompts no part holds)."""
+        parts = [r for p in sorted((self.out / ".parts").glob("log-*.csv")) for r in csv.DictReader(open(p))]
+        held = {r["prompt"] for r in parts}
+        old = self.out / "log.csv"
+        rows = [r for r in (csv.DictReader(open(old)) if old.is_file() else []) if r["prompt"] not in held]
+        rows = sorted({(r["prompt"], int(r["step"])): r for r in rows + parts}.values(),
+                      key=lambda r: (order.get(r["prompt"], len(order)), int(r["step"])))
+        self._write(old, rows)
 
     def close(self) -> None:
         self.flush()
@@ -180,6 +205,7 @@ def optimize(
     task_model: torch.nn.Module | None = None,
     dataset=None,
     on_step: Callable[[str, int, dict], None] | None = None,
+    shard: str | tuple[int, int] | None = None,
 ) -> OptimResult:
     """Learn prompts (AP / GP / GAP by ``config.losses``) and write them to ``out``.
 
@@ -191,6 +217,8 @@ def optimize(
         overwrite: empty a folder holding another advprompts run first.
         components, task_model, dataset: already-loaded objects (else loaded from ``config``).
         on_step: called as ``on_step(prompt_key, step, logged_values)`` after every step.
+        shard: ``"i/n"``: train only the prompts whose index is ``i`` modulo ``n`` (split again over
+            the processes of ``accelerate launch``); shards share ``out`` and join each other's run.
 
     Returns:
         :class:`OptimResult`.
@@ -203,13 +231,20 @@ def optimize(
     from advprompts.tasks.models import load_task_model
 
     # 1. Run folder: refuse another run, continue this one on --resume (checked before loading,
-    #    created after, so that a failed load leaves no partial output).
+    #    created after, so that a failed load leaves no partial output). Shards join the run.
+    if overwrite and parse_shard(shard)[1] > 1:
+        raise ConfigError("--overwrite with --shard i/n (n > 1) would delete the other shards' prompts; "
+                          "empty --out first, then start the shards")
+    state = launch_state()
+    shard = resolve_shard(shard, state)
+    sharded = shard[1] > 1
     out = Path(out)
     fingerprint = config.model_dump(mode="json")
-    prepare_run_dir(out, fingerprint, "config.yaml", resume=resume, overwrite=overwrite, create=False)
+    prepare_run_dir(out, fingerprint, "config.yaml", resume=resume, overwrite=overwrite, auto_resume=sharded,
+                    create=False)
 
     # 2. Models, data, losses.
-    device = resolve_device(config.model.device)
+    device = launch_device(config.model.device, state)
     comps = components or load_components(config.model.diffusion, device=device, controlnet=config.model.controlnet)
     size = config.sampler.image_size or comps.unet.config.sample_size * comps.vae_scale_factor
     dataset = dataset or resolve_dataset(config.data.source, split=config.data.split, image_size=size)
@@ -222,15 +257,26 @@ def optimize(
     losses.setup(LossResources(components=comps, task_model=task_model, device=device))
     sampler = Sampler(comps, gradient_checkpointing=config.sampler.gradient_checkpointing,
                       autocast_dtype=AUTOCAST[config.model.autocast])
-    if not prepare_run_dir(out, fingerprint, "config.yaml", resume=resume, overwrite=overwrite):
-        dump_config(config, out / "config.yaml")
-    log = _Log(out, losses.labels, config.log.tensorboard, None)
+    with state.main_process_first() if state is not None else contextlib.nullcontext():
+        main = state is None or state.is_main_process  # only the main process may empty the folder
+        if not prepare_run_dir(out, fingerprint, "config.yaml", resume=resume, overwrite=overwrite and main,
+                               auto_resume=sharded):
+            dump_config(config, out / "config.yaml")
+    jobs = _jobs(config, dataset)
+    mine = [job for job in jobs if job.index % shard[1] == shard[0]]
+    log = _Log(out, losses.labels, config.log.tensorboard, None, part=f"log-{shard[0]}-of-{shard[1]}.csv"
+               if sharded else None, keys={job.key for job in mine})
     result = OptimResult(out_dir=out)
     try:
-        for job in _jobs(config, dataset):
+        for job in mine:
             result.prompts.append(_run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_step))
     finally:
         log.close()
+    if sharded:
+        if state is not None:
+            state.wait_for_everyone()
+        if state is None or state.is_main_process:
+            log.merge({job.key: job.index for job in jobs})
     return result
 
 

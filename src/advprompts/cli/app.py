@@ -22,6 +22,10 @@ COMMANDS: list[tuple[str, str]] = [
     ("presets", "advprompts.cli.commands.presets"),
     ("zoo", "advprompts.cli.commands.zoo"),
     ("data", "advprompts.cli.commands.data"),
+    ("experiment", "advprompts.cli.commands.experiment"),
+    ("loop", "advprompts.cli.commands.loop"),
+    ("demo", "advprompts.cli.commands.demo"),
+    ("benchmark", "advprompts.cli.commands.benchmark"),
 ]
 
 

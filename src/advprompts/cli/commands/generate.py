@@ -1,4 +1,8 @@
-"""Generate a training set: from sources with learned/text prompts, or plain text-to-image."""
+"""Generate a training set: from sources with learned/text prompts, or plain text-to-image.
+
+Under ``accelerate launch -m advprompts generate ...`` every process makes its share of the images
+(combined with ``--shard``) into the same ``--out``.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,9 @@ def main(
     batch_size: Annotated[int, Opt("--batch-size", help="Images per batch.")] = 4,
     shard: Annotated[Optional[str], Opt("--shard", help="i/n: make every n-th image starting at i.")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a different run in --out.")] = False,
+    autocast: Annotated[str, Opt("--autocast", help="none | bf16 | fp16 (opt-in, not bit-identical).")] = "none",
+    channels_last: Annotated[bool, Opt("--channels-last", help="Channels-last convolutions (opt-in).")] = False,
+    compile_: Annotated[bool, Opt("--compile", help="torch.compile UNet and VAE (opt-in).")] = False,
 ) -> None:
     from advprompts.errors import ConfigError
     from advprompts.generate import generate_dataset, generate_text2img, parse_shard
@@ -35,15 +42,20 @@ def main(
     if source is None:
         if not prompt or len(prompt) != 1 or prompt_file:
             raise ConfigError("plain text-to-image takes exactly one --prompt (and --model); add --source for learned prompts")
+        if autocast != "none" or channels_last or compile_:
+            raise ConfigError("--autocast / --channels-last / --compile apply to --source generation; text-to-image "
+                              "stays identical to diffusers")
         res = generate_text2img(model, prompt[0], num_images, steps, guidance_scale, seed, out, shard=shard,
                                 batch_size=batch_size, overwrite=overwrite)
     else:
         from advprompts.config.schema import GenerateConfig, parse_config
 
         cfg = parse_config(dict(
-            model={"diffusion": model}, source=source, prompt_files=[str(p) for p in prompt_file or []],
+            model={"diffusion": model, "autocast": autocast}, source=source,
+            prompt_files=[str(p) for p in prompt_file or []],
             prompts=prompt or [], template=template, images_per_source=images_per_source, batch_size=batch_size,
             seed=seed, sampler={"num_steps": steps, "guidance_scale": guidance_scale, "strength": strength,
                                 "conditioning": conditioning}), GenerateConfig, what="generate")
-        res = generate_dataset(cfg, out, shard=shard, overwrite=overwrite)
+        res = generate_dataset(cfg, out, shard=shard, overwrite=overwrite, channels_last=channels_last,
+                               compile=compile_)
     typer.echo(f"{res.out_dir}: {res.written} images written, {res.skipped} already done, {res.total} in the run")

@@ -1,4 +1,8 @@
-"""Learn prompts (AP / GP / GAP) from a config file or preset."""
+"""Learn prompts (AP / GP / GAP) from a config file or preset.
+
+``--shard i/n`` (a job array) and ``accelerate launch -m advprompts optimize ...`` split the prompts
+(per class / seed keys) over processes that all write into the same ``--out``.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,15 @@ def main(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. optim.lr=1e-3 (YAML value).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoints.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --out.")] = False,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="i/n: train every n-th prompt starting at i.")] = None,
 ) -> None:
     from advprompts.config.presets import load_config
+    from advprompts.generate import parse_shard
     from advprompts.optimize import optimize
 
+    parse_shard(shard)  # reject a bad --shard before loading anything
     cfg = load_config(config, set_ or [])
-    result = optimize(cfg, out, resume=resume, overwrite=overwrite)
+    result = optimize(cfg, out, resume=resume, overwrite=overwrite, shard=shard)
     for p in result.prompts:
         losses = ", ".join(f"{k}={v:.4g}" for k, v in p.losses.items() if k != "seconds")
         typer.echo(f"{p.file}  steps={p.steps}{' (early stop)' if p.stopped_early else ''}  {losses}")

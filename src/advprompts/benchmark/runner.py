@@ -1,0 +1,141 @@
+"""``run_benchmark``: every measurement of a suite in one run, its targets, a table and JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from advprompts.benchmark import generation, memory, models, step
+from advprompts.benchmark.suites import get_suite
+from advprompts.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: key -> (comparison, target) from issue 5.
+TARGETS = {"step_overhead_ratio": ("<=", 1.10), "generate_speedup_vs_diffusers": (">=", 1.3),
+           "checkpoint_memory_ratio": ("<=", 0.4)}
+
+
+def _met(key: str, value: float) -> bool:
+    op, target = TARGETS[key]
+    return bool(value <= target if op == "<=" else value >= target)
+
+
+def _clean(value):
+    """JSON-safe: NaN / inf become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def run_benchmark(suite: str = "full", json_path: str | Path | None = None, *, threads: int | None = None,
+                  device: str = "auto", progress: Callable[[str], None] | None = None) -> dict:
+    """Measure the step overhead, generation speed-up, checkpointing memory and step scaling.
+
+    Args:
+        suite: ``quick`` (tiny models, seconds) or ``full`` (embedded model + SD 1.5 architecture).
+        json_path: where to write the results as JSON.
+        threads: torch intra-op threads (default: torch's own choice).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        progress: called with a line before each section.
+
+    Returns:
+        The results (the same dict as the JSON).
+    """
+    from advprompts.optimize import resolve_device
+
+    s = get_suite(suite)
+    say = progress or logger.info
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} but no CUDA device is visible; use --device cpu or auto")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads {threads} is invalid; expected an integer >= 1")
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    res: dict = {"suite": s.name, "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                 "python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
+    with models.workdir() as tmp:
+        comps, clip_spec, note = models.load_models(s.model, dev, Path(tmp))
+        res["model"] = note
+        task = models.task_model(dev)
+        args = (s, comps, clip_spec, task, dev)
+        say("[1/7] step overhead: a GAP step against its networks' isolated forward + backward")
+        res.update(step.step_overhead(*args))
+        say(f"[2/7] step time at K = {', '.join(map(str, s.scaling_steps))}")
+        res["steps_scaling"] = step.steps_scaling(*args)
+        say("[3/7] step time vs batch and resolution")
+        res["size_scaling"] = step.size_sweep(*args)
+        say("[4/7] torch.profiler of one step")
+        res["profile"] = step.profile_step(*args)
+        say(f"[5/7] generation vs diffusers ({s.gen_images} images, {s.gen_steps} steps)")
+        res.update(generation.generation_speedup(s, comps, dev))
+    say(f"[6/7] checkpointing memory ({s.memory_model} architecture, {s.memory_size} px, K={s.memory_steps})")
+    res.update(memory.checkpoint_memory(s, dev))
+    if dev.type == "cuda" and s.name == "full":
+        say(f"[7/7] SD 1.5 on the GPU ({s.gpu_size} px, batch {s.gpu_batch})")
+        res["gpu_sd15"] = memory.gpu_sd15(s, dev)
+    else:
+        res["gpu_sd15"] = None  # no GPU (or the quick suite): not measured
+    res["targets"] = {k: {"target": f"{op} {v}", "value": res[k], "met": _met(k, res[k])}
+                      for k, (op, v) in TARGETS.items()}
+    res["wall_s"] = time.perf_counter() - t0
+    res = _clean(res)
+    if json_path is not None:
+        from advprompts.rundir import atomic_write_text
+
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json_path, json.dumps(res, indent=2))
+    return res
+
+
+def table_rows(res: dict) -> list[tuple[str, str, str, str]]:
+    """(measure, value, target, note) rows for the summary table."""
+    fmt = lambda v, spec=".3f": "n/a" if v is None else format(v, spec)  # noqa: E731
+    st, gen, mem, sc = res["step"], res["generate"], res["checkpoint_memory"], res["steps_scaling"]
+    t = res["targets"]
+    mark = lambda k: ("met " if t[k]["met"] else "MISSED ") + t[k]["target"]  # noqa: E731
+    rows = [
+        ("step_overhead_ratio", fmt(res["step_overhead_ratio"]), mark("step_overhead_ratio"),
+         f"step {fmt(st['step_s'])} s vs networks {fmt(st['components_sum_s'])} s; checkpointed "
+         f"{fmt(st['checkpointed_overhead_ratio'])}"),
+        ("generate_speedup_vs_diffusers", fmt(res["generate_speedup_vs_diffusers"]),
+         mark("generate_speedup_vs_diffusers"),
+         f"best: {gen['best_variant']}; exact default path {fmt(gen['exact_speedup'])}; "
+         f"diffusers {fmt(gen['diffusers_images_per_s'], '.2f')} img/s"),
+        ("checkpoint_memory_ratio", fmt(res["checkpoint_memory_ratio"]), mark("checkpoint_memory_ratio"),
+         f"step {fmt(mem['with_checkpointing']['step_mb'], '.0f')} vs "
+         f"{fmt(mem['without_checkpointing']['step_mb'], '.0f')} MB; whole process {fmt(mem['total_peak_ratio'])}"),
+        ("steps_scaling", f"{fmt(sc['slope_s_per_step'], '.4f')} s/K + {fmt(sc['intercept_s'], '.4f')} s", "linear",
+         "K=" + ", ".join(f"{k}: {fmt(v, '.3f')}" for k, v in zip(sc["K"], sc["seconds"])) + f" s; r2 {fmt(sc['r2'])}"),
+    ]
+    for name, v in gen["variants"].items():
+        rows.append((f"  generate[{name}]", fmt(v.get("speedup")), "",
+                     v.get("error") or f"{fmt(v['images_per_s'], '.2f')} img/s"))
+    if res.get("gpu_sd15"):
+        g = res["gpu_sd15"]
+        rows.append(("gpu_sd15", f"{fmt(g['seconds_per_step'])} s/step", "fits 20 GB",
+                     f"peak {fmt(g['peak_gb'], '.1f')} GB at {g['image_size']} px, batch {g['batch_size']}, bf16"))
+    return rows
+
+
+def format_table(res: dict) -> str:
+    """The summary as plain text."""
+    rows = [("measure", "value", "target", "details"), *table_rows(res)]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows]
+    head = f"advprompts benchmark ({res['suite']}): {res['model']}; {res['device']}, {res['threads']} threads, " \
+           f"{res['wall_s']:.0f} s"
+    return "\n".join([head, *lines])
