@@ -23,14 +23,19 @@ setup: $(STAMP)
 test: setup
 	$(BIN)/python -m pytest
 
-# Until `advprompts demo` (the closed loop on the embedded benchmark) and the embedded weights
-# land: the quickest real end-to-end run on tiny models: GAP optimisation, then label-preserving
-# generation of a dataset from the learned prompts.
+# The closed loop on the embedded benchmark (`advprompts demo`) needs the embedded weights (or
+# ADVPROMPTS_ZOO_DIR pointing to a `zoo build`); until they are shipped, the quickest real
+# end-to-end run on tiny random models: GAP optimisation, then label-preserving generation.
 demo: setup
-	$(BIN)/advprompts optimize --config tiny-gap --out runs/demo/gap --overwrite
-	$(BIN)/advprompts generate --model tiny --source tiny-synth:train --prompt-file runs/demo/gap/prompt_c0-s0.safetensors \
-		--prompt-file runs/demo/gap/prompt_c1-s0.safetensors --steps 2 --guidance-scale 3 --out runs/demo/generated --overwrite
-	@echo "demo outputs: runs/demo/gap (prompts, log.csv) and runs/demo/generated (images/ + metadata.csv)"
+	@if [ -f "$${ADVPROMPTS_ZOO_DIR:-src/advprompts/zoo/embedded}/manifest.json" ]; then \
+		$(BIN)/advprompts demo --out runs/demo; \
+	else \
+		echo "embedded weights not shipped yet: running the engine on tiny random models instead"; \
+		$(BIN)/advprompts optimize --config tiny-gap --out runs/demo/gap --overwrite && \
+		$(BIN)/advprompts generate --model tiny --source tiny-synth:train --prompt-file runs/demo/gap/prompt_c0-s0.safetensors \
+			--prompt-file runs/demo/gap/prompt_c1-s0.safetensors --steps 2 --guidance-scale 3 --out runs/demo/generated --overwrite && \
+		echo "demo outputs: runs/demo/gap (prompts, log.csv) and runs/demo/generated (images/ + metadata.csv)"; \
+	fi
 
 clean:
 	rm -rf $(VENV) runs

@@ -31,6 +31,8 @@ class TrainRecipe(BaseModel):
     batch_size: int = Field(64, ge=1)
     mode: Literal["full", "last_layer"] = "full"   # fine-tune every weight, or only the classifier head
     flip: bool = True                              # random horizontal flips
+    blur: float = Field(0.0, ge=0, le=1)           # probability of a random Gaussian blur (sigma 0.3-1.5): makes
+                                                   # the model indifferent to the generator's softer textures
     extra_weight: float = Field(1.0, gt=0)         # sampling weight of an extra image relative to a train image
 
 
@@ -117,6 +119,8 @@ def train_classifier(model: torch.nn.Module, data: Tensors, recipe: TrainRecipe,
             if recipe.flip:
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            if recipe.blur:
+                x = _random_blur(x, recipe.blur, g)
             if aug is not None and data.augment is not None and bool(data.augment[idx].any()):
                 sel = data.augment[idx]
                 x_aug, y_aug = aug(x[sel], y[sel])
@@ -130,6 +134,18 @@ def train_classifier(model: torch.nn.Module, data: Tensors, recipe: TrainRecipe,
             bar.update(1)
     bar.close()
     return model.eval()
+
+
+def _random_blur(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    sigma = float(torch.empty(1).uniform_(0.3, 1.5, generator=g))
+    pick = torch.rand(len(x), generator=g) < p
+    if not bool(pick.any()):
+        return x
+    x = x.clone()
+    x[pick] = gaussian_blur(x[pick], kernel_size=[5, 5], sigma=[sigma, sigma])
+    return x
 
 
 def _augmenter(name: str, num_classes: int, g: torch.Generator):

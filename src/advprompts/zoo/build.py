@@ -2,7 +2,8 @@
 
 Stages (each resumes from its own checkpoint in the work folder):
 1. tokenizer files (CLIP BPE), 2. render the web corpus, 3. CLIP, 4. VAE, 5. latents,
-6. UNet, 7. oracle; then the models are written as a diffusers pipeline folder (sd/), a
+6. UNet, 7. oracle, 8. pretrained task backbone (small_cnn); then the models are written as a
+diffusers pipeline folder (sd/), a
 transformers CLIP folder (clip/) and the oracle (oracle/), with a manifest.
 """
 
@@ -22,7 +23,7 @@ from advprompts.zoo.architectures import sample_scheduler
 from advprompts.zoo.corpus import render_corpus
 from advprompts.zoo.tokenizer import write_tokenizer_files
 from advprompts.zoo.trainers import (CLIP_MEAN, CLIP_STD, ZooRecipe, encode_latents, train_clip, train_oracle,
-                                     train_unet, train_vae)
+                                     train_task_backbone, train_unet, train_vae)
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,15 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
     t = time.time()
     oracle = train_oracle(corpus, recipe, work, log_file)
     times["oracle_s"] = time.time() - t
+    # 8. Pretrained task backbone (the analogue of ImageNet weights for the task models)
+    t = time.time()
+    backbone = train_task_backbone(corpus, recipe, work)
+    times["backbone_s"] = time.time() - t
     save_models(out, clip, tokenizer, vae, unet, oracle, dtype)
+    from safetensors.torch import save_file
+
+    (out / "task").mkdir(exist_ok=True)
+    save_file(backbone, str(out / "task" / "small_cnn.safetensors"))
     times["total_s"] = time.time() - t0
     write_manifest(out, recipe, {"build_times_s": {k: round(v, 1) for k, v in times.items()},
                                  "dtype": str(dtype).replace("torch.", "")})
