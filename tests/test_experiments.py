@@ -142,3 +142,19 @@ def test_fine_tuning_learns_from_extra_data():
     after = evaluate(tuned, test)
     assert after.worst_group_acc > before.worst_group_acc + 0.3
     assert after.avg_acc > 0.9
+
+
+def test_backbone_loads_everything_but_the_head(tmp_path):
+    from safetensors.torch import save_file
+
+    from advprompts.errors import ModelLoadError
+    from advprompts.tasks.models import load_backbone
+
+    pre = load_task_model("small_cnn", 13)
+    save_file({k: v for k, v in pre.net.state_dict().items() if not k.startswith("14.")}, str(tmp_path / "b.safetensors"))
+    model = load_backbone(load_task_model("small_cnn", 2), tmp_path / "b.safetensors")
+    assert torch.equal(model.net[0].weight, pre.net[0].weight)
+    assert model.net[14].weight.shape == (2, 64)
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ModelLoadError, match="do not fit"):
+        load_backbone(load_task_model("small_cnn", 2), tmp_path / "bad.safetensors")

@@ -65,6 +65,9 @@ class GenerationSettings(_Strict):
 class TaskSpec(_Strict):
     arch: str = "small_cnn"
     input_size: int | None = None
+    # Where the base model starts: random init, or a pretrained backbone state dict (safetensors/pt;
+    # "embedded" = the zoo's small_cnn pretrained on web-corpus objects, the analogue of ImageNet weights).
+    init: str = "scratch"
 
 
 class ExperimentConfig(_Strict):

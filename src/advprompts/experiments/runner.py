@@ -88,9 +88,14 @@ class ExperimentRunner:
         return self._eval
 
     def new_model(self, arch: str | None = None):
-        from advprompts.tasks.models import load_task_model
+        """A fresh task model: random init, or the configured pretrained backbone with a new head."""
+        from advprompts.tasks.models import load_backbone, load_task_model
 
-        return load_task_model(arch or self.config.task.arch, self.num_classes, input_size=self.config.task.input_size)
+        arch = arch or self.config.task.arch
+        model = load_task_model(arch, self.num_classes, input_size=self.config.task.input_size)
+        if self.config.task.init != "scratch" and arch == self.config.task.arch:
+            load_backbone(model, self.config.task.init)
+        return model
 
     def base_model(self, seed: int, arch: str | None = None):
         """The task model trained on the train split (cached in OUT/models)."""

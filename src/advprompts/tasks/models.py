@@ -171,3 +171,28 @@ def load_task_model(arch: str, num_classes: int, weights: str | Path | None = No
             raise ModelLoadError(f"task model weights {str(weights)!r} do not fit {arch} with {num_classes} "
                                  f"classes; check task.arch and task.num_classes") from exc
     return model.eval()
+
+
+def load_backbone(model: TaskModel, weights: str | Path) -> TaskModel:
+    """Load pretrained weights into every layer but the classifier head (left at its fresh init).
+
+    ``weights`` is a safetensors / pt state dict, or ``"embedded"``: the zoo's small_cnn pretrained
+    to name objects on web-corpus images (``zoo/embedded/task/small_cnn.safetensors``).
+    """
+    if str(weights) == "embedded":
+        from advprompts.zoo.paths import zoo_dir
+
+        weights = zoo_dir() / "task" / f"{model.arch}.safetensors"
+        if not Path(weights).is_file():
+            raise ModelLoadError(f"no pretrained embedded backbone for {model.arch} at {str(weights)!r}; run "
+                                 "`advprompts zoo build` (or set ADVPROMPTS_ZOO_DIR), or use task.init: scratch")
+    state = _read_state(Path(weights))
+    target = model if any(k.startswith("net.") for k in state) else model.net
+    own = target.state_dict()
+    shaped = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in shaped]
+    if len(missing) > 2 or not shaped:  # only the head's weight and bias may differ
+        raise ModelLoadError(f"backbone weights {str(weights)!r} do not fit {model.arch} "
+                             f"({len(missing)} tensors missing or mis-shaped, e.g. {missing[:2]})")
+    target.load_state_dict(shaped, strict=False)
+    return model
