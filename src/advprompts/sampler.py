@@ -273,9 +273,8 @@ class Sampler:
                     known = scheduler.add_noise(image_latents, noise, timesteps[i + 1: i + 2])
                 latents = (1 - blend_mask) * known + blend_mask * latents
 
-        # 5. Decode (checkpointed too: at 256+ px the decoder's activations rival the UNet's), then
-        #    paste the object back in pixel space.
-        decoded = checkpoint(self.decode, latents, use_reentrant=False) if use_ckpt else self.decode(latents)
+        # 5. Decode, then paste the object back in pixel space.
+        decoded = self.decode(latents)
         images = decoded
         if paste and object_mask is not None:
             m = object_mask.to(device, dtype)
