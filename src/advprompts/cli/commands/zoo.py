@@ -18,7 +18,7 @@ def build(out: Annotated[Path, typer.Option(help="Where to write sd/, clip/, ora
           work: Annotated[Path, typer.Option(help="Checkpoints and caches; rerun to resume.")] = Path("runs/zoo-work"),
           bpe: Annotated[Optional[Path], typer.Option(help="CLIP bpe_simple_vocab_16e6.txt.gz (default: "
                                                      "open_clip's, else the committed tokenizer).")] = None):
-    """Retrain every embedded model from scratch (deterministic, resumable; about 80 min on 2 cores)."""
+    """Retrain every embedded model from scratch (deterministic, resumable; about 90 min on 2 cores)."""
     import logging
 
     from advprompts.zoo.build import build as build_zoo
