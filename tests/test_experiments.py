@@ -116,7 +116,7 @@ def test_loop_iterates_and_resumes(bench_dir, tmp_path, tiny):
 
 
 def test_presets_validate():
-    for name in ("waterbirds-synth", "demo", "demo-quick", "wildcam-synth"):
+    for name in ("waterbirds-synth", "demo", "demo-quick", "wildcam-synth", "waterbirds-sd15"):
         cfg = load_experiment_config(name)
         assert cfg.methods and cfg.max_extra > 0
     cfg = load_experiment_config("waterbirds-synth", ["seeds=[5]"], methods=["gap", "no_extra"])

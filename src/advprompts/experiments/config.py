@@ -79,6 +79,7 @@ class ExperimentConfig(_Strict):
     target_split: str | None = None         # unlabelled target images (per-group image guidance)
     model: str = "embedded"                 # diffusion model for generation and optimisation
     image_size: int = Field(64, ge=8)       # the diffusion model's native size (sources are resized to it)
+    device: str = "auto"                    # auto = cuda when available, else cpu
     task: TaskSpec = TaskSpec()
     train: TrainRecipe = TrainRecipe()      # the base model, trained on the train split
     finetune: TrainRecipe = TrainRecipe(epochs=10)  # every method: base model fine-tuned on train + extra

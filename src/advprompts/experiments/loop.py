@@ -39,7 +39,8 @@ def run_loop(runner: ExperimentRunner, method: str, iterations: int, seed: int |
             row = json.loads(done.read_text())
         else:
             runner.say(f"iteration {it}: fine-tuning on train + {sum(len(p) for p in pools)} generated images")
-            model = load_task_model(c.task.arch, runner.num_classes, weights=weights, input_size=c.task.input_size)
+            model = load_task_model(c.task.arch, runner.num_classes, weights=weights,
+                                    input_size=c.task.input_size).to(runner.device)
             train_classifier(model, Tensors.concat([runner.train_data, *pools]), c.finetune, seed=seed + it,
                              progress=runner.progress, desc=f"fine-tune it{it}")
             save_task_weights(model, path)

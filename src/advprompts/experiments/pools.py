@@ -61,7 +61,8 @@ def source_picks(dataset, n_images: int, prompts_per_source: int, seed: int, lab
     return sorted(rng.choice(candidates, n, replace=False).tolist())
 
 
-def generate_units(units: list[dict], pool_dir: Path, components, settings, seed: int, dataset) -> Path:
+def generate_units(units: list[dict], pool_dir: Path, components, settings, seed: int, dataset,
+                   device: str = "auto") -> Path:
     """Generate every unit (``prompt_files`` or ``prompts``, ``sources``) into ``pool_dir/u<k>`` and merge
     their metadata into ``pool_dir/metadata.csv`` (written last: its presence marks a finished pool)."""
     from advprompts.config.schema import GenerateConfig, ModelConfig, SamplerConfig
@@ -72,7 +73,7 @@ def generate_units(units: list[dict], pool_dir: Path, components, settings, seed
         if not unit["sources"]:
             continue
         config = GenerateConfig(
-            model=ModelConfig(diffusion=components.source or "embedded", device="cpu"),
+            model=ModelConfig(diffusion=components.source or "embedded", device=device),
             sampler=SamplerConfig(num_steps=settings.steps, guidance_scale=settings.guidance_scale,
                                   strength=settings.strength, eta=settings.eta, conditioning="inpaint", paste=True),
             source=str(getattr(dataset, "root", "")) or "in-memory", prompt_files=[str(p) for p in unit.get("prompt_files", [])],

@@ -66,8 +66,10 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
 def _pool_images(pool_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
     from advprompts.tasks.train import load_tensors
 
+    from advprompts.tasks.train import as_float
+
     data = load_tensors(pool_dir, image_size=64)
-    return data.images, data.labels.numpy()
+    return as_float(data.images), data.labels.numpy()
 
 
 def save_grid(pool_dir: Path, class_names: list[str], path: Path, per_class: int = 8) -> Path:

@@ -61,7 +61,19 @@ class ExperimentRunner:
     # ------------------------------------------------------------------ shared inputs
     @property
     def image_size(self) -> int:
+        """The diffusion model's size: generation sources are loaded at it."""
         return self.config.image_size
+
+    @property
+    def task_size(self) -> int:
+        """Task-model data is held at the task model's input size (memory: 224 px, not 384)."""
+        return self.config.task.input_size or self.config.image_size
+
+    @property
+    def device(self) -> torch.device:
+        from advprompts.optimize import resolve_device
+
+        return resolve_device(self.config.device)
 
     @property
     def num_classes(self) -> int:
@@ -72,19 +84,19 @@ class ExperimentRunner:
         if self._components is None:
             from advprompts.models.loading import load_components
 
-            self._components = load_components(self.config.model, device="cpu")
+            self._components = load_components(self.config.model, device=self.device)
         return self._components
 
     @property
     def train_data(self) -> Tensors:
         if self._train is None:
-            self._train = load_tensors(self.train_ds)
+            self._train = load_tensors(self.config.benchmark, split=self.config.train_split, image_size=self.task_size)
         return self._train
 
     @property
     def eval_data(self) -> Tensors:
         if self._eval is None:
-            self._eval = load_tensors(self.config.benchmark, split=self.config.eval_split, image_size=self.image_size)
+            self._eval = load_tensors(self.config.benchmark, split=self.config.eval_split, image_size=self.task_size)
         return self._eval
 
     def new_model(self, arch: str | None = None):
@@ -106,10 +118,10 @@ class ExperimentRunner:
         if not path.is_file():
             self.say(f"training the base {arch} on {self.config.benchmark}:{self.config.train_split} (seed {seed})")
             torch.manual_seed(seed)
-            model = train_classifier(self.new_model(arch), self.train_data, self.config.train, seed=seed,
+            model = train_classifier(self.new_model(arch).to(self.device), self.train_data, self.config.train, seed=seed,
                                      progress=self.progress, desc=f"base {arch} s{seed}")
             save_task_weights(model, path)
-        return load_task_model(arch, self.num_classes, weights=path, input_size=self.config.task.input_size)
+        return load_task_model(arch, self.num_classes, weights=path, input_size=self.config.task.input_size).to(self.device)
 
     # ------------------------------------------------------------------ pools
     def pool(self, name: str, spec: MethodSpec, seed: int, tag: str = "", weights: Path | None = None) -> Tensors:
@@ -120,7 +132,7 @@ class ExperimentRunner:
         if spec.kind == "real_ood":
             if c.ood_split is None:
                 raise ValueError(f"method {name!r} (real_ood) needs ood_split in the experiment config")
-            return real_pool(c.benchmark, c.ood_split, seed, c.max_extra, self.image_size)
+            return real_pool(c.benchmark, c.ood_split, seed, c.max_extra, self.task_size)
         if spec.kind == "augment":
             return augment_pool(self.train_data, seed, c.max_extra)
         pool_dir = self.out / "pools" / f"{name}-s{seed}{tag}"
@@ -128,8 +140,8 @@ class ExperimentRunner:
             comps = fresh_text_side(self.components)
             units = self._units(name, spec, seed, pool_dir, comps, tag, weights)
             self.say(f"{name}: generating {c.max_extra} images (seed {seed})")
-            generate_units(units, pool_dir, comps, c.generation, seed, self.train_ds)
-        return load_pool(pool_dir, seed, c.max_extra, self.image_size)
+            generate_units(units, pool_dir, comps, c.generation, seed, self.train_ds, device=c.device)
+        return load_pool(pool_dir, seed, c.max_extra, self.task_size)
 
     def _units(self, name: str, spec: MethodSpec, seed: int, pool_dir: Path, comps, tag: str = "",
                weights: Path | None = None) -> list[dict]:
@@ -185,7 +197,7 @@ class ExperimentRunner:
         base["data"] = {"source": self.config.benchmark, "split": self.config.train_split}
         base["task"] = {"arch": self.config.task.arch, "num_classes": self.num_classes, "weights": str(weights),
                         "input_size": self.config.task.input_size}
-        base.setdefault("model", {})["diffusion"] = self.config.model
+        base.setdefault("model", {}).update(diffusion=self.config.model, device=self.config.device)
         prompt = base.setdefault("prompt", {})
         prompt["seeds"] = [seed * 1000 + s for s in prompt.get("seeds", [0])]
         base.setdefault("log", {})["progress"] = self.progress

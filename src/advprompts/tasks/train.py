@@ -1,7 +1,7 @@
 """Train, fine-tune and evaluate task classifiers with one recipe shared by every method.
 
-Datasets are small (64 px benchmarks, a few thousand images), so a split is held in memory as
-tensors (:class:`Tensors`) and batches are cut from them: no per-sample I/O in the loop.
+A split is held in memory as uint8 tensors (:class:`Tensors`; 4,800 Waterbirds images at 224 px
+are 0.7 GB) and batches are cut from them and moved to the model's device: no per-sample I/O.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class TrainRecipe(BaseModel):
 
 @dataclass
 class Tensors:
-    """A labelled split in memory: images (N, 3, H, W) in [0, 1], labels (N,), group names."""
+    """A labelled split in memory: images (N, 3, H, W) uint8 (or float in [0, 1]), labels (N,), groups."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -62,13 +62,27 @@ class Tensors:
 
 
 def load_tensors(spec, split: str | None = None, image_size: int | None = 64) -> Tensors:
-    """Load a dataset (spec string, folder, or dataset object) into memory."""
+    """Load a dataset (spec string, folder, or dataset object) into memory as uint8."""
     from advprompts.data import resolve_dataset
 
     ds = resolve_dataset(str(spec), split=split, image_size=image_size) if isinstance(spec, (str, Path)) else spec
-    items = [ds[i] for i in range(len(ds))]
-    return Tensors(torch.stack([it["image"] for it in items]), torch.tensor([it["label"] for it in items]),
-                   [it.get("group", "") for it in items])
+    images, labels, groups = [], [], []
+    for i in range(len(ds)):
+        it = ds[i]
+        images.append((it["image"] * 255).round().to(torch.uint8))
+        labels.append(it["label"])
+        groups.append(it.get("group", ""))
+    return Tensors(torch.stack(images), torch.tensor(labels), groups)
+
+
+def as_float(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A batch in [0, 1] float32 on ``device`` (uint8 storage is converted on the way)."""
+    images = images.to(device)
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _head(model: torch.nn.Module) -> torch.nn.Module:
@@ -89,6 +103,7 @@ def train_classifier(model: torch.nn.Module, data: Tensors, recipe: TrainRecipe,
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
+    device = model_device(model)
     params = list(_head(model).parameters()) if recipe.mode == "last_layer" else list(model.parameters())
     model.requires_grad_(recipe.mode == "full")
     for p in params:
@@ -115,14 +130,15 @@ def train_classifier(model: torch.nn.Module, data: Tensors, recipe: TrainRecipe,
             idx = order[b * recipe.batch_size:(b + 1) * recipe.batch_size]
             if len(idx) < 2:
                 continue
-            x, y = data.images[idx], F.one_hot(data.labels[idx], int(data.labels.max()) + 1).float()
+            x = as_float(data.images[idx], device)
+            y = F.one_hot(data.labels[idx], int(data.labels.max()) + 1).float().to(device)
             if recipe.flip:
-                flip = torch.rand(len(idx), generator=g) < 0.5
+                flip = (torch.rand(len(idx), generator=g) < 0.5).to(device)
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             if recipe.blur:
                 x = _random_blur(x, recipe.blur, g)
             if aug is not None and data.augment is not None and bool(data.augment[idx].any()):
-                sel = data.augment[idx]
+                sel = data.augment[idx].to(device)
                 x_aug, y_aug = aug(x[sel], y[sel])
                 x, y = x.clone(), y.clone()
                 x[sel], y[sel] = x_aug, y_aug
@@ -140,7 +156,7 @@ def _random_blur(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
     from torchvision.transforms.v2.functional import gaussian_blur
 
     sigma = float(torch.empty(1).uniform_(0.3, 1.5, generator=g))
-    pick = torch.rand(len(x), generator=g) < p
+    pick = (torch.rand(len(x), generator=g) < p).to(x.device)
     if not bool(pick.any()):
         return x
     x = x.clone()
@@ -191,7 +207,8 @@ class Evaluation:
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+    device = model_device(model)
+    return torch.cat([model(as_float(images[i:i + batch], device)).argmax(1).cpu() for i in range(0, len(images), batch)])
 
 
 def evaluate(model: torch.nn.Module, data: Tensors) -> Evaluation:
