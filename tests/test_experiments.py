@@ -158,3 +158,22 @@ def test_backbone_loads_everything_but_the_head(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ModelLoadError, match="do not fit"):
         load_backbone(load_task_model("small_cnn", 2), tmp_path / "bad.safetensors")
+
+
+def test_waterbirds_sd15_experiment_runs_on_the_release_layout(tmp_path, monkeypatch, tiny):
+    """The one-command real experiment, on a fake Waterbirds release with a tiny model substituted."""
+    from test_real_data import make_waterbirds
+
+    root = make_waterbirds(tmp_path)
+    monkeypatch.setenv("ADVPROMPTS_WATERBIRDS_ROOT", str(root))
+    small = ["optim.steps=1", "prompt.seeds=[0]", "sampler.image_size=16", "task.input_size=null",
+             "log.tensorboard=false", "log.progress=false"]
+    cfg = load_experiment_config("waterbirds-sd15", [
+        "model=tiny", "image_size=16", "task.arch=small_cnn", "task.input_size=null", "max_extra=2", "budgets=[1.0]",
+        "seeds=[0]", "train.epochs=1", "finetune.epochs=1", "generation.steps=2", "generation.batch_size=4",
+        f"methods.gap.set={small}"], methods=["no_extra", "gap", "real_ood"])
+    rows = ExperimentRunner(cfg, tmp_path / "exp", components=tiny, progress=False).run()
+    assert {r["method"] for r in rows} == {"no_extra", "gap", "real_ood"}
+    assert all(k.startswith("acc_") for k in rows[0] if k not in
+               ("benchmark", "method", "n_extra", "seed", "avg_acc", "worst_group_acc", "seconds"))
+    assert (tmp_path / "exp" / "prompts" / "gap-s0" / "prompt_c1-s0.safetensors").is_file()
