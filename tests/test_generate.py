@@ -93,3 +93,19 @@ def test_bad_shards_are_rejected():
         with pytest.raises(ShardError):
             parse_shard(bad)
     assert parse_shard("2/5") == (2, 5)
+
+
+def test_per_class_prompts_apply_to_their_class_only(tiny, tmp_path):
+    own = []
+    for c, name in ((0, "square"), (1, "disc")):
+        p = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=2, prefix=f"pc{c}", seed=c,
+                            template="a {class} {prompt}", class_name=name)
+        own.append(str(p.save(tmp_path / f"prompt_c{c}.safetensors")))
+    base = dict(model={"diffusion": "tiny", "device": "cpu"}, source="tiny-synth:train", prompt_files=own,
+                sampler={"num_steps": 2, "guidance_scale": 3.0}, batch_size=8)
+    rows = _rows(generate_dataset(GenerateConfig(**base), tmp_path / "own", components=tiny).out_dir)
+    assert len(rows) == 16  # 16 sources, one matching prompt each
+    assert all(r["prompt_file"].endswith(f"prompt_c{r['label']}.safetensors") for r in rows)
+    every = _rows(generate_dataset(GenerateConfig(**base, class_prompts="all"), tmp_path / "all",
+                                   components=tiny).out_dir)
+    assert len(every) == 32

@@ -224,6 +224,22 @@ def apply_fast_path(comps, channels_last: bool = False, compile: bool = False):
     return comps
 
 
+def _source_class_names(dataset) -> list[str]:
+    """Each source's class name, from the metadata rows when there are (no image decoding)."""
+    names = getattr(dataset, "class_names", {})
+    rows = getattr(dataset, "rows", None)
+    if rows is None and hasattr(dataset, "indices") and hasattr(getattr(dataset, "dataset", None), "rows"):
+        rows = [dataset.dataset.rows[i] for i in dataset.indices]  # a Subset of a folder dataset
+    if rows is not None:
+        return [r.get("label_name") or names.get(r["label"], str(r["label"])) for r in rows]
+    return [dataset[i].get("label_name") or names.get(dataset[i]["label"], "") for i in range(len(dataset))]
+
+
+def _applies(prompt, class_name: str) -> bool:
+    owner = getattr(prompt, "class_name", None)
+    return owner is None or owner == class_name
+
+
 def _prompts(config: GenerateConfig, comps) -> list[tuple[str, str, object]]:
     """(label for metadata, prompt file or "", LearnablePrompt or text template) per prompt."""
     from advprompts.prompts import LearnablePrompt
@@ -292,8 +308,15 @@ def generate_dataset(config: GenerateConfig, out: str | Path, *, shard: str | tu
     (out / "images").mkdir(exist_ok=True)
 
     # 2. The work list: image k = (source, prompt, repeat) in a fixed order; keep this shard's.
+    names = _source_class_names(dataset)
     jobs = [(s, p, r) for s in range(len(dataset)) for p in range(len(prompts))
+            if config.class_prompts == "all" or _applies(prompts[p][2], names[s])
             for r in range(config.images_per_source)]
+    if not jobs:
+        from advprompts.errors import DataError
+
+        raise DataError("no source matches the classes of the given learned prompts; pass class_prompts=all "
+                        "(--class-prompts all) to apply every prompt to every source")
     rows = _Rows(out, shard)
     done = rows.done()
     mine = [k for k in range(len(jobs)) if k % shard[1] == shard[0]]

@@ -131,6 +131,9 @@ class GenerateConfig(_Strict):
     prompts: list[str] = Field(default_factory=list)        # text prompts ({class} allowed)
     template: str | None = None                    # overrides the learned prompts' templates
     images_per_source: int = Field(1, ge=1)
+    # "own": a prompt learned for one class (per_class) is applied to that class's sources only;
+    # "all": every prompt on every source.
+    class_prompts: Literal["own", "all"] = "own"
     batch_size: int = Field(4, ge=1)
     seed: int = 0
 

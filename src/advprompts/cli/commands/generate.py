@@ -22,6 +22,9 @@ def main(
     model: Annotated[str, Opt("--model", help="Diffusion model: embedded, tiny, folder or hub id.")] = "embedded",
     num_images: Annotated[int, Opt("--num-images", help="Text-to-image: number of images.")] = 1,
     images_per_source: Annotated[int, Opt("--images-per-source", help="Per source and prompt.")] = 1,
+    class_prompts: Annotated[str, Opt("--class-prompts", help="own: a per-class prompt only on its class's "
+                                      "sources; all: every prompt on every source.")] = "own",
+    image_size: Annotated[Optional[int], Opt("--image-size", help="Source size (default: the model's).")] = None,
     steps: Annotated[int, Opt("--steps", help="Denoising steps.")] = 15,
     guidance_scale: Annotated[float, Opt("--guidance-scale", help="CFG scale.")] = 7.0,
     strength: Annotated[float, Opt("--strength", help="SDEdit strength (sources).")] = 1.0,
@@ -54,8 +57,9 @@ def main(
             model={"diffusion": model, "autocast": autocast}, source=source,
             prompt_files=[str(p) for p in prompt_file or []],
             prompts=prompt or [], template=template, images_per_source=images_per_source, batch_size=batch_size,
-            seed=seed, sampler={"num_steps": steps, "guidance_scale": guidance_scale, "strength": strength,
-                                "conditioning": conditioning}), GenerateConfig, what="generate")
+            class_prompts=class_prompts, seed=seed,
+            sampler={"num_steps": steps, "guidance_scale": guidance_scale, "strength": strength,
+                     "conditioning": conditioning, "image_size": image_size}), GenerateConfig, what="generate")
         res = generate_dataset(cfg, out, shard=shard, overwrite=overwrite, channels_last=channels_last,
                                compile=compile_)
     typer.echo(f"{res.out_dir}: {res.written} images written, {res.skipped} already done, {res.total} in the run")
