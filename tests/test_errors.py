@@ -136,3 +136,14 @@ def test_nan_loss_stops_with_exit_2(tmp_path):
     out = tmp_path / "run"
     _check(["optimize", "--config", "tiny-ap", "--set", "losses=[{name: test_cli_nan}]", "--out", str(out)],
            "last good checkpoint")
+
+
+def test_experiment_bad_inputs_are_one_line_exit_2(tmp_path, monkeypatch):
+    out = tmp_path / "exp"
+    _check(["experiment", "--config", "no-such-experiment", "--out", str(out)], "neither a file nor a preset", out)
+    _check(["experiment", "--config", "demo-quick", "--set", "max_images=3", "--out", str(out)], "unknown key", out)
+    _check(["experiment", "--config", "demo-quick", "--methods", "gap,nope", "--out", str(out)], "'nope'", out)
+    monkeypatch.setenv("ADVPROMPTS_ZOO_DIR", str(tmp_path / "no-zoo"))
+    monkeypatch.setenv("ADVPROMPTS_CACHE", str(tmp_path / "cache"))
+    _check(["experiment", "--config", "demo-quick", "--set", "benchmark=tiny-synth", "--set", "ood_split=null",
+            "--methods", "no_extra", "--out", str(out)], "zoo build", out)

@@ -27,7 +27,7 @@ from advprompts.config.presets import dump_config
 from advprompts.config.schema import RunConfig
 from advprompts.data.folder import collate
 from advprompts.errors import ConfigError, DataError, NaNLossError
-from advprompts.generate import launch_device, launch_state, parse_shard, resolve_shard
+from advprompts.shards import launch_device, launch_state, parse_shard, resolve_shard
 from advprompts.losses import LossInputs, LossResources, LossSet, WeightedTerm, build_loss
 from advprompts.prompts import LearnablePrompt
 from advprompts.rundir import atomic_write_bytes, atomic_write_text, prepare_run_dir

@@ -50,6 +50,13 @@ class ExperimentRunner:
         self.train_ds = resolve_dataset(config.benchmark, split=config.train_split, image_size=config.image_size)
         self.class_names = [self.train_ds.class_names.get(i, str(i)) for i in range(self.num_classes)]
         self._components = components
+        # Fail before anything is written: missing backbone or diffusion model.
+        if config.task.init != "scratch":
+            from advprompts.tasks.models import _read_state, backbone_path
+
+            _read_state(backbone_path(config.task.arch, config.task.init))
+        if any(m.generated for m in config.methods.values()):
+            self.components  # noqa: B018 (loads, or raises ModelLoadError)
         if not prepare_run_dir(self.out, fingerprint, "experiment.yaml", resume=False, overwrite=overwrite,
                                auto_resume=True):
             import yaml

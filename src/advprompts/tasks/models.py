@@ -173,20 +173,26 @@ def load_task_model(arch: str, num_classes: int, weights: str | Path | None = No
     return model.eval()
 
 
+def backbone_path(arch: str, weights: str | Path) -> Path:
+    """The state dict file behind ``task.init`` (``embedded``: the zoo's pretrained backbone)."""
+    if str(weights) != "embedded":
+        return Path(weights)
+    from advprompts.zoo.paths import zoo_dir
+
+    path = zoo_dir() / "task" / f"{arch}.safetensors"
+    if not path.is_file():
+        raise ModelLoadError(f"no pretrained embedded backbone for {arch} at {str(path)!r}; run "
+                             "`advprompts zoo build` (or set ADVPROMPTS_ZOO_DIR), or use task.init: scratch")
+    return path
+
+
 def load_backbone(model: TaskModel, weights: str | Path) -> TaskModel:
     """Load pretrained weights into every layer but the classifier head (left at its fresh init).
 
     ``weights`` is a safetensors / pt state dict, or ``"embedded"``: the zoo's small_cnn pretrained
     to name objects on web-corpus images (``zoo/embedded/task/small_cnn.safetensors``).
     """
-    if str(weights) == "embedded":
-        from advprompts.zoo.paths import zoo_dir
-
-        weights = zoo_dir() / "task" / f"{model.arch}.safetensors"
-        if not Path(weights).is_file():
-            raise ModelLoadError(f"no pretrained embedded backbone for {model.arch} at {str(weights)!r}; run "
-                                 "`advprompts zoo build` (or set ADVPROMPTS_ZOO_DIR), or use task.init: scratch")
-    state = _read_state(Path(weights))
+    state = _read_state(backbone_path(model.arch, weights))
     target = model if any(k.startswith("net.") for k in state) else model.net
     own = target.state_dict()
     shaped = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
