@@ -70,7 +70,9 @@ def test_waterbirds_gap_preset_optimise_then_generate(tmp_path):
         prompt_files=[str(p) for p in result.prompt_files]))
     out = generate_dataset(gen, tmp_path / "gen")
     rows = list(csv.DictReader(open(tmp_path / "gen" / "metadata.csv")))
-    assert out.written == 4 and {r["group"] for r in rows} == {"landbird-water", "waterbird-land"}
+    # class_prompts "own": each class's prompt edits only that class's sources (one pool image each)
+    assert out.written == 2 and {r["group"] for r in rows} == {"landbird-water", "waterbird-land"}
+    assert all(r["prompt_file"].endswith(f"prompt_c{r['label']}-s0.safetensors") for r in rows)
     assert all((tmp_path / "gen" / r["file_name"]).is_file() for r in rows)
 
 
