@@ -44,12 +44,15 @@ def make_vae(seed: int = 0) -> AutoencoderKL:
 
 
 def make_unet(seed: int = 0, in_channels: int = 4) -> UNet2DConditionModel:
+    # diffusers reads `attention_head_dim` as the number of heads here. 2 heads (24/48 channels each)
+    # instead of 8 (6/12): the CPU attention kernels are bound by the number of 256x256 softmaxes, so a
+    # training step at batch 64 takes 0.84 s instead of 1.39 s (2-core AMD EPYC), same parameters.
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=16, in_channels=in_channels, out_channels=4, block_out_channels=(48, 96, 96), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_WIDTH, attention_head_dim=8, norm_num_groups=16,
+        cross_attention_dim=TEXT_WIDTH, attention_head_dim=2, norm_num_groups=16,
     )
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from advprompts.zoo.architectures import sample_scheduler
 from advprompts.zoo.corpus import render_corpus
 from advprompts.zoo.tokenizer import write_tokenizer_files
 from advprompts.zoo.trainers import (CLIP_MEAN, CLIP_STD, ZooRecipe, encode_latents, train_clip, train_oracle,
-                                     train_task_backbone, train_unet, train_vae)
+                                     train_task_backbone, train_unet, train_vae, use_bf16)
 
 logger = logging.getLogger(__name__)
 
@@ -76,59 +77,73 @@ def save_models(out: Path, clip, tokenizer, vae, unet, oracle, dtype: torch.dtyp
     clip.float()
 
 
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(v.split(":", 1)[1].strip() for v in lines if v.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+class StageTimes:
+    """Seconds spent per stage, kept in the work folder: a resumed build reports its real total."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.times: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+
+    @contextmanager
+    def stage(self, name: str):
+        t = time.time()
+        try:
+            yield
+        finally:  # an interrupted stage still counts the time it ran
+            self.times[name] = round(self.times.get(name, 0.0) + time.time() - t, 1)
+            self.path.write_text(json.dumps(self.times, indent=2))
+
+    def summary(self) -> dict[str, float]:
+        return {**self.times, "total_s": round(sum(self.times.values()), 1)}
+
+
 def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | None = None,
           dtype: torch.dtype = torch.float16) -> Path:
     """Train every embedded model and write them to `out` (resumable via `work`)."""
+    from safetensors.torch import save_file
     from transformers import CLIPTokenizer
 
     work.mkdir(parents=True, exist_ok=True)
     log_file = work / "train_log.csv"
-    t0 = time.time()
-    times = {}
-    # 1. Tokenizer
-    tok_dir = write_tokenizer_files(work / "tokenizer", bpe_gz=bpe, fallback=COMMITTED_TOKENIZER)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-    # 2. Corpus
-    corpus = render_corpus(recipe.corpus_size, recipe.seed, cache=work / f"corpus_{recipe.corpus_size}.npz")
-    times["corpus_s"] = time.time() - t0
-    # 3. CLIP
-    t = time.time()
-    clip = train_clip(corpus, tokenizer, recipe, work, log_file)
-    times["clip_s"] = time.time() - t
-    # 4. VAE
-    t = time.time()
-    vae = train_vae(corpus, recipe, work, log_file)
-    times["vae_s"] = time.time() - t
-    # 5. Latents, scaled to unit variance as SD's scaling_factor does
-    t = time.time()
-    lat_file = work / "latents.pt"
-    if lat_file.exists():
-        latents = torch.load(lat_file)
-    else:
-        latents = encode_latents(vae, corpus)
-        torch.save(latents, lat_file)
-    scaling = float(1.0 / latents.std())
-    vae.register_to_config(scaling_factor=scaling)
-    times["latents_s"] = time.time() - t
-    # 6. UNet on the frozen CLIP text tower
-    t = time.time()
-    unet = train_unet(corpus, latents * scaling, clip.text_model, tokenizer, recipe, work, log_file)
-    times["unet_s"] = time.time() - t
-    # 7. Oracle
-    t = time.time()
-    oracle = train_oracle(corpus, recipe, work, log_file)
-    times["oracle_s"] = time.time() - t
-    # 8. Pretrained task backbone (the analogue of ImageNet weights for the task models)
-    t = time.time()
-    backbone = train_task_backbone(corpus, recipe, work)
-    times["backbone_s"] = time.time() - t
-    save_models(out, clip, tokenizer, vae, unet, oracle, dtype)
-    from safetensors.torch import save_file
-
-    (out / "task").mkdir(exist_ok=True)
-    save_file(backbone, str(out / "task" / "small_cnn.safetensors"))
-    times["total_s"] = time.time() - t0
-    write_manifest(out, recipe, {"build_times_s": {k: round(v, 1) for k, v in times.items()},
+    timer = StageTimes(work / "stage_times.json")
+    with timer.stage("corpus_s"):
+        tok_dir = write_tokenizer_files(work / "tokenizer", bpe_gz=bpe, fallback=COMMITTED_TOKENIZER)
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+        corpus = render_corpus(recipe.corpus_size, recipe.seed, cache=work / f"corpus_{recipe.corpus_size}.npz")
+    with timer.stage("clip_s"):
+        clip = train_clip(corpus, tokenizer, recipe, work, log_file)
+    with timer.stage("vae_s"):
+        vae = train_vae(corpus, recipe, work, log_file)
+    with timer.stage("latents_s"):  # scaled to unit variance as SD's scaling_factor does
+        lat_file = work / "latents.pt"
+        if lat_file.exists():
+            latents = torch.load(lat_file)
+        else:
+            latents = encode_latents(vae, corpus)
+            torch.save(latents, lat_file)
+        scaling = float(1.0 / latents.std())
+        vae.register_to_config(scaling_factor=scaling)
+    with timer.stage("unet_s"):  # on the frozen CLIP text tower
+        unet = train_unet(corpus, latents * scaling, clip.text_model, tokenizer, recipe, work, log_file)
+    with timer.stage("oracle_s"):
+        oracle = train_oracle(corpus, recipe, work, log_file)
+    with timer.stage("backbone_s"):  # the analogue of ImageNet weights for the task models
+        backbone = train_task_backbone(corpus, recipe, work)
+    with timer.stage("save_s"):
+        save_models(out, clip, tokenizer, vae, unet, oracle, dtype)
+        (out / "task").mkdir(exist_ok=True)
+        save_file(backbone, str(out / "task" / "small_cnn.safetensors"))
+    times = timer.summary()
+    write_manifest(out, recipe, {"build_times_s": times, "bf16_autocast": use_bf16(recipe),
+                                 "cpu": _cpu_name(), "threads": torch.get_num_threads(),
                                  "dtype": str(dtype).replace("torch.", "")})
     logger.info("zoo built in %.1f min -> %s", times["total_s"] / 60, out)
     return out

@@ -46,10 +46,12 @@ class EMA:
 
 def train_loop(name: str, model: torch.nn.Module, params, step_fn: Callable[[int], dict],
                steps: int, lr: float, ckpt: Path, warmup: int = 100, weight_decay: float = 0.0,
-               ckpt_every: int = 200, ema: EMA | None = None, log_file: Path | None = None) -> None:
+               ckpt_every: int = 200, ema: EMA | None = None, log_file: Path | None = None,
+               bf16: bool = False) -> None:
     """Run `steps` optimisation steps of `step_fn(step) -> {"loss": tensor, ...}`, resumable.
 
     `step_fn` must draw its batch from `step` alone, so a resumed run equals an uninterrupted one.
+    With `bf16`, `step_fn` runs under CPU bf16 autocast (weights and optimiser stay float32).
     """
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     start = 0
@@ -70,7 +72,8 @@ def train_loop(name: str, model: torch.nn.Module, params, step_fn: Callable[[int
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr * cosine_lr(step, steps, warmup)
-        out = step_fn(step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = step_fn(step)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

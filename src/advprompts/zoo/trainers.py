@@ -38,23 +38,34 @@ class ZooRecipe:
     # images; object pixels weighted 5x, plus an image-gradient term. Measured: the oracle recognises
     # the object in 92% of reconstructions (zebra stripes kept), against 56% for the plain 1000-step
     # L1+MSE VAE of the first build.
-    vae_steps: int = 1900
+    vae_steps: int = 2300
     vae_batch: int = 32
-    vae_crop_steps: int = 1500
+    vae_crop_steps: int = 1800
     vae_crop_batch: int = 64
     vae_object_weight: float = 4.0  # extra reconstruction weight on (dilated) object pixels
-    unet_steps: int = 3800
+    unet_steps: int = 4400
     unet_batch: int = 64
     unet_lr: float = 6e-4
     unet_object_weight: float = 4.0  # extra loss weight on latent pixels covered by the object mask
     caption_dropout: float = 0.1
-    oracle_steps: int = 600
+    oracle_steps: int = 800
     oracle_batch: int = 128
     # The task models' "ImageNet": small_cnn pretrained to name the object on web-corpus images. From
     # scratch on a spurious train split a CNN learns no object features at all (measured: 128 real OOD
     # images then lift waterbirds-synth worst-group accuracy to 0-33%; from this backbone to 63%).
     backbone_images: int = 20_000
     backbone_epochs: int = 3
+    # bf16 autocast for the convolutional models (VAE, UNet, oracle) where the CPU has native bf16
+    # ("auto"). Measured on 2 AVX512-BF16 cores, seconds per step: VAE 0.45 -> 0.27, UNet 0.84 -> 0.66,
+    # oracle 1.51 -> 0.47 (with channels_last); CLIP 0.74 -> 0.74, so it stays in float32. Without
+    # native bf16 the emulation is many times slower: "auto" then means float32.
+    bf16: str = "auto"  # "auto", "on" or "off"
+
+
+def use_bf16(recipe: ZooRecipe) -> bool:
+    if recipe.bf16 == "auto":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return recipe.bf16 == "on"
 
 
 def clip_pixels(images_pm1: torch.Tensor) -> torch.Tensor:
@@ -149,13 +160,13 @@ def train_vae(corpus: Corpus, recipe: ZooRecipe, work: Path, log_file: Path):
             m = torch.stack([m[i, :, r:r + 32, c:c + 32] for i, (r, c) in enumerate(corner)])
         weight = 1 + recipe.vae_object_weight * F.max_pool2d(m, 3, 1, 1)
         post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=torch.Generator().manual_seed(step))).sample
+        rec = vae.decode(post.sample(generator=torch.Generator().manual_seed(step))).sample.float()
         terms = _reconstruction_loss(rec, x, weight)
-        kl = post.kl().mean()
+        kl = post.kl().float().mean()
         return {"loss": terms["l1"] + terms["mse"] + terms["edge"] + 1e-6 * kl, **terms}
 
     train_loop("vae", vae, vae.parameters(), step_fn, recipe.vae_steps, lr=1e-3, ckpt=work / "vae.pt",
-               warmup=100, log_file=log_file)
+               warmup=100, log_file=log_file, bf16=use_bf16(recipe))
     return vae.eval()
 
 
@@ -190,14 +201,14 @@ def train_unet(corpus: Corpus, latents: torch.Tensor, text_encoder, tokenizer, r
         z0 = latents[idx]
         noise = torch.randn(z0.shape, generator=g)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
-        pred = unet(sched.add_noise(z0, noise, t), t, cond).sample
+        pred = unet(sched.add_noise(z0, noise, t), t, cond).sample.float()
         w = torch.clamp(snr[t], max=5.0) / snr[t]
         pixel_w = 1 + recipe.unet_object_weight * obj_cover[idx]
         loss = (w * ((pred - noise).pow(2) * pixel_w).mean((1, 2, 3))).mean()
         return {"loss": loss}
 
     train_loop("unet", unet, unet.parameters(), step_fn, recipe.unet_steps, lr=recipe.unet_lr, ckpt=work / "unet.pt",
-               warmup=200, ema=ema, log_file=log_file, ckpt_every=100)
+               warmup=200, ema=ema, log_file=log_file, ckpt_every=100, bf16=use_bf16(recipe))
     unet.load_state_dict(ema.state_dict())
     return unet.eval()
 
@@ -227,7 +238,8 @@ def train_task_backbone(corpus: Corpus, recipe: ZooRecipe, work: Path) -> dict:
 
 def train_oracle(corpus: Corpus, recipe: ZooRecipe, work: Path, log_file: Path) -> Oracle:
     """Oracle on renders, with blur and noise so that it judges soft generations fairly."""
-    oracle = Oracle()
+    bf16 = use_bf16(recipe)
+    oracle = Oracle().to(memory_format=torch.channels_last) if bf16 else Oracle()
 
     def step_fn(step):
         rng = _batch_rng(recipe.seed, 4, step)
@@ -239,8 +251,10 @@ def train_oracle(corpus: Corpus, recipe: ZooRecipe, work: Path, log_file: Path) 
                 F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="bilinear")
         x = x + torch.randn(x.shape, generator=g) * float(rng.uniform(0, 0.08))
         obj, place, night = (torch.from_numpy(a[idx]).long() for a in (corpus.obj, corpus.place, corpus.night))
+        if bf16:
+            x = x.contiguous(memory_format=torch.channels_last)
         return {"loss": oracle.loss(x, obj, place, night)}
 
     train_loop("oracle", oracle, oracle.parameters(), step_fn, recipe.oracle_steps, lr=2e-3,
-               ckpt=work / "oracle.pt", warmup=100, weight_decay=1e-4, log_file=log_file)
-    return oracle.eval()
+               ckpt=work / "oracle.pt", warmup=100, weight_decay=1e-4, log_file=log_file, bf16=bf16)
+    return oracle.to(memory_format=torch.contiguous_format).eval()
