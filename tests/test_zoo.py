@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from advprompts.zoo.build import build, sha256
+from advprompts.zoo.build import StageTimes, build, sha256
 from advprompts.zoo.paths import zoo_dir
 from advprompts.zoo.trainers import ZooRecipe
 
 TINY = ZooRecipe(corpus_size=48, clip_steps=2, clip_batch=8, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4,
-                 oracle_steps=2, oracle_batch=8)
+                 inpaint_steps=2, inpaint_batch=4, oracle_steps=2, oracle_batch=8)
 
 
-def test_tiny_build_is_a_diffusers_pipeline_and_resumes_identically(tmp_path):
+def test_tiny_build_is_a_diffusers_pipeline_and_resumes_identically(tmp_path, monkeypatch):
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPModel
 
@@ -28,12 +28,53 @@ def test_tiny_build_is_a_diffusers_pipeline_and_resumes_identically(tmp_path):
                output_type="np").images
     assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
     assert CLIPModel.from_pretrained(out / "clip").config.text_config.hidden_size == 64
+    # The 9-channel inpainting UNet: swapped into diffusers' inpainting pipeline, and `embedded-inpaint`.
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    from advprompts.models.loading import load_components
+
+    unet9 = UNet2DConditionModel.from_pretrained(out / "sd", subfolder="unet_inpaint")
+    assert unet9.config.in_channels == 9
+    inpaint = StableDiffusionInpaintPipeline(**{**pipe.components, "unet": unet9})
+    inpaint.set_progress_bar_config(disable=True)
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1
+    img = inpaint("a photo of a duck in a lake", image=torch.rand(1, 3, 64, 64), mask_image=mask, num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
+    monkeypatch.setenv("ADVPROMPTS_ZOO_DIR", str(out))
+    assert load_components("embedded-inpaint").unet.config.in_channels == 9
+    times = manifest["build_times_s"]
+    assert {"corpus_s", "clip_s", "vae_s", "unet_s", "inpaint_s", "oracle_s", "save_s"} <= set(times)
+    assert times["total_s"] == pytest.approx(sum(v for k, v in times.items() if k != "total_s"), abs=0.2)
     # A rerun finds every stage's checkpoint finished and rewrites the same weights.
     build(tmp_path / "zoo2", tmp_path / "work", TINY, dtype=torch.float32)
     again = json.loads((tmp_path / "zoo2" / "manifest.json").read_text())
     weights = [k for k in manifest["files"] if k.endswith(".safetensors")]
     assert len(weights) >= 5
     assert all(manifest["files"][k]["sha256"] == again["files"][k]["sha256"] for k in weights)
+    # A zoo built without the inpainting UNet says so in one line.
+    import shutil
+
+    from advprompts.errors import ModelLoadError
+
+    shutil.rmtree(tmp_path / "zoo2" / "sd" / "unet_inpaint")
+    monkeypatch.setenv("ADVPROMPTS_ZOO_DIR", str(tmp_path / "zoo2"))
+    with pytest.raises(ModelLoadError, match="has no unet_inpaint/"):
+        load_components("embedded-inpaint")
+
+
+def test_stage_times_add_up_across_an_interrupted_and_a_resumed_run(tmp_path, monkeypatch):
+    clock = iter([100.0, 130.0, 500.0, 520.5, 600.0, 601.0])
+    monkeypatch.setattr("advprompts.zoo.build.time.time", lambda: next(clock))
+    with pytest.raises(KeyboardInterrupt), StageTimes(tmp_path / "t.json").stage("unet_s"):
+        raise KeyboardInterrupt  # a crash 30 s into the stage
+    timer = StageTimes(tmp_path / "t.json")  # the resumed build
+    with timer.stage("unet_s"):
+        pass
+    with timer.stage("oracle_s"):
+        pass
+    assert timer.summary() == {"unet_s": 50.5, "oracle_s": 1.0, "total_s": 51.5}
 
 
 shipped = pytest.mark.skipif(not (zoo_dir() / "manifest.json").exists(), reason="no embedded weights in this tree")
@@ -64,3 +105,24 @@ def test_shipped_pipeline_draws_the_prompted_object():
     want_place = np.array([PLACE_NAMES.index(p) for p in ["snow", "ocean"] * 4])
     assert (pred["object"] == want_obj).mean() >= 0.75
     assert (pred["place"] == want_place).mean() >= 0.75
+
+
+def test_inpaint_gate_with_a_kind_prompt_and_measured_rows(tiny):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from advprompts.zoo.check import Gate, format_gates, inpaint_gate
+    from advprompts.zoo.oracle import Oracle
+
+    c = tiny
+    pipe = StableDiffusionInpaintPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                                          scheduler=c.scheduler, safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = []
+    kept, place = inpaint_gate(pipe, Oracle().eval(), 1, 3.0, 4, 0, ["duck", "sparrow"],
+                               lambda o, p: prompts.append((o, p)) or f"a photo of a bird {p}")
+    assert [o for o, _ in prompts] == ["duck", "sparrow"] * 2 and all(p != "" for _, p in prompts)
+    assert 0.0 <= kept <= 1.0 and 0.0 <= place <= 1.0
+    rows = format_gates([Gate("gated", 0.5, 0.9), Gate("measured", 0.5, None)]).splitlines()
+    assert rows[2].endswith("| >= 0.9 | FAIL |") and rows[3].endswith("| - | measured |")
+    assert Gate("measured", 0.0, None).passed

@@ -17,7 +17,7 @@ def run_and_report(config: str, out: str | Path, *, overrides: list[str] = (), m
     cfg = load_experiment_config(config, overrides, methods)
     runner = ExperimentRunner(cfg, out, overwrite=overwrite, components=components, say=echo)
     rows = runner.run()
-    oracle = _oracle() if cfg.model == "embedded" else None
+    oracle = _oracle() if cfg.model in ("embedded", "embedded-inpaint") else None
     report = write_report(out, cfg, components=runner.components if runner._components is not None else None,
                           oracle=oracle)
     echo("")

@@ -230,7 +230,8 @@ def load_components(
     """Load and freeze the components of a Stable Diffusion pipeline.
 
     Args:
-        spec: ``"embedded"``, ``"tiny"`` (random, seed 0), ``"tiny-inpaint"`` (9-channel UNet),
+        spec: ``"embedded"``, ``"embedded-inpaint"`` (its 9-channel inpainting UNet), ``"tiny"``
+            (random, seed 0), ``"tiny-inpaint"`` (9-channel UNet),
             a local diffusers pipeline folder, or a hub id such as
             ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
         device: where to put the networks.
@@ -253,13 +254,19 @@ def load_components(
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        location, local = _resolve_spec(spec)
+        # "embedded-inpaint": the embedded pipeline with its 9-channel inpainting UNet (sd/unet_inpaint).
+        unet_folder = "unet_inpaint" if spec == "embedded-inpaint" else "unet"
+        location, local = _resolve_spec("embedded" if spec == "embedded-inpaint" else spec)
         if local:
             check_pipeline_folder(location)
+            if not (Path(location) / unet_folder).is_dir():
+                raise ModelLoadError(f"{location} has no {unet_folder}/: this zoo was built without the inpainting "
+                                     f"UNet; rebuild with `advprompts zoo build` (inpaint_steps > 0) or use "
+                                     f"`embedded` (inpainting by latent blending)")
         comps = Components(
             tokenizer=_from_pretrained(CLIPTokenizer, location, "tokenizer", local, "tokenizer"),
             text_encoder=_from_pretrained(CLIPTextModel, location, "text_encoder", local, "text encoder"),
-            unet=_from_pretrained(UNet2DConditionModel, location, "unet", local, "UNet"),
+            unet=_from_pretrained(UNet2DConditionModel, location, unet_folder, local, "UNet"),
             vae=_from_pretrained(AutoencoderKL, location, "vae", local, "VAE"),
             scheduler=_from_pretrained(_scheduler_class(location, local, scheduler), location, "scheduler", local,
                                        "scheduler"),

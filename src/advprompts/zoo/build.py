@@ -2,8 +2,8 @@
 
 Stages (each resumes from its own checkpoint in the work folder):
 1. tokenizer files (CLIP BPE), 2. render the web corpus, 3. CLIP, 4. VAE, 5. latents,
-6. UNet, 7. oracle, 8. pretrained task backbone (small_cnn); then the models are written as a
-diffusers pipeline folder (sd/), a
+6. UNet, (6b. optional 9-channel inpainting UNet), 7. oracle, 8. pretrained task backbone
+(small_cnn); then the models are written as a diffusers pipeline folder (sd/, with sd/unet_inpaint), a
 transformers CLIP folder (clip/) and the oracle (oracle/), with a manifest.
 """
 
@@ -24,7 +24,8 @@ from advprompts.zoo.architectures import sample_scheduler
 from advprompts.zoo.corpus import render_corpus
 from advprompts.zoo.tokenizer import write_tokenizer_files
 from advprompts.zoo.trainers import (CLIP_MEAN, CLIP_STD, ZooRecipe, encode_latents, train_clip, train_oracle,
-                                     train_task_backbone, train_unet, train_vae, use_bf16)
+                                     train_inpaint_unet, train_task_backbone, train_unet, train_vae,
+                                     use_bf16)
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +134,19 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
         vae.register_to_config(scaling_factor=scaling)
     with timer.stage("unet_s"):  # on the frozen CLIP text tower
         unet = train_unet(corpus, latents * scaling, clip.text_model, tokenizer, recipe, work, log_file)
+    inpaint_unet = None
+    if recipe.inpaint_steps:
+        with timer.stage("inpaint_s"):
+            inpaint_unet = train_inpaint_unet(corpus, latents * scaling, vae, unet, clip.text_model, tokenizer, recipe,
+                                              work, log_file)
     with timer.stage("oracle_s"):
         oracle = train_oracle(corpus, recipe, work, log_file)
     with timer.stage("backbone_s"):  # the analogue of ImageNet weights for the task models
         backbone = train_task_backbone(corpus, recipe, work)
     with timer.stage("save_s"):
         save_models(out, clip, tokenizer, vae, unet, oracle, dtype)
+        if inpaint_unet is not None:  # sd/unet_inpaint: swap it into StableDiffusionInpaintPipeline
+            inpaint_unet.to(dtype=dtype).save_pretrained(out / "sd" / "unet_inpaint", safe_serialization=True)
         (out / "task").mkdir(exist_ok=True)
         save_file(backbone, str(out / "task" / "small_cnn.safetensors"))
     times = timer.summary()

@@ -17,6 +17,8 @@ import torch
 
 from advprompts.world.captions import canonical_prompt, object_prompt, place_prompt
 from advprompts.world.render import random_scene, render
+from advprompts.world.objects import OBJECTS
+from advprompts.world.places import PLACES
 from advprompts.zoo.corpus import OBJECT_NAMES, PLACE_NAMES
 from advprompts.zoo.oracle import Oracle
 
@@ -27,11 +29,11 @@ logger = logging.getLogger(__name__)
 class Gate:
     name: str
     value: float
-    threshold: float
+    threshold: float | None  # None: a measurement reported beside the gates, not gated
 
     @property
     def passed(self) -> bool:
-        return self.value >= self.threshold
+        return self.threshold is None or self.value >= self.threshold
 
 
 def _renders(rng: np.random.Generator, pairs: list[tuple[str | None, str]]):
@@ -61,15 +63,19 @@ def text_to_image_gate(pipe, oracle: Oracle, steps: int, cfg: float, per_pair: i
     return float(obj_ok.mean()), float(place_ok.mean()), images[: len(OBJECT_NAMES) * len(PLACE_NAMES)]
 
 
-def inpaint_gate(inpaint_pipe, oracle: Oracle, steps: int, cfg: float, n: int, seed: int):
-    """Keep the object (mask), repaint the rest towards another place; paste the object pixels back."""
+def inpaint_gate(inpaint_pipe, oracle: Oracle, steps: int, cfg: float, n: int, seed: int,
+                 objects: list[str] = OBJECT_NAMES, prompt=canonical_prompt):
+    """Keep the object (mask), repaint the rest towards another place; paste the object pixels back.
+
+    With a prompt that names only the kind ("a bird ..."), a generator that paints a second object
+    beside the kept one shows up as a lower "keeps the object" figure."""
     rng = np.random.default_rng(seed)
-    objs = [OBJECT_NAMES[i % len(OBJECT_NAMES)] for i in range(n)]
+    objs = [objects[i % len(objects)] for i in range(n)]
     src_places = [str(rng.choice(PLACE_NAMES)) for _ in range(n)]
     tgt_places = [str(rng.choice([p for p in PLACE_NAMES if p != s])) for s in src_places]
     x, m = _renders(rng, list(zip(objs, src_places)))
-    images = _pipe_images(inpaint_pipe, [canonical_prompt(o, p) for o, p in zip(objs, tgt_places)], steps, cfg,
-                          seed, image=x, mask_image=1 - m, strength=1.0)
+    images = _pipe_images(inpaint_pipe, [prompt(o, p) for o, p in zip(objs, tgt_places)], steps, cfg,
+                          seed, image=x, mask_image=1 - m, strength=1.0, height=x.shape[-2], width=x.shape[-1])
     images = m * x + (1 - m) * images
     pred = oracle.predict(images)
     kept = pred["object"] == np.array([OBJECT_NAMES.index(o) for o in objs])
@@ -143,8 +149,23 @@ def check(zoo: Path, per_pair: int = 2, seed: int = 1234, grid_out: Path | None 
         if steps == 15 and grid_out is not None:
             grid_out.parent.mkdir(parents=True, exist_ok=True)
             save_image(grid, grid_out, nrow=len(PLACE_NAMES), padding=1)
-    kept, place = inpaint_gate(inpaint, oracle, 15, 6.0, 144, seed)
-    gates += [Gate("inpainting keeps the object", kept, 0.95), Gate("inpainting follows the place", place, 0.9)]
+    unet9 = zoo / "sd" / "unet_inpaint"
+    variants = [("", inpaint)]
+    if unet9.is_dir():
+        from diffusers import UNet2DConditionModel
+
+        inpaint9 = StableDiffusionInpaintPipeline(**{**pipe.components, "unet": UNet2DConditionModel.from_pretrained(
+            unet9, torch_dtype=torch.float32)})
+        inpaint9.set_progress_bar_config(disable=True)
+        variants.append((" (9-channel UNet)", inpaint9))
+    birds = [o for o in OBJECT_NAMES if OBJECTS[o].kind == "bird"]
+    for name, p in variants:
+        kept, place = inpaint_gate(p, oracle, 15, 6.0, 144, seed)
+        gates += [Gate(f"inpainting{name} keeps the object", kept, 0.95),
+                  Gate(f"inpainting{name} follows the place", place, 0.9)]
+        kept, _ = inpaint_gate(p, oracle, 15, 6.0, 48, seed, birds, lambda o, pl: f"a photo of a bird {PLACES[pl].phrase}")
+        gates.append(Gate(f"inpainting{name} keeps the bird, prompt 'a photo of a bird ...' (no second bird)", kept,
+                          None))
     zs_obj, zs_place = clip_zero_shot(zoo / "clip", 288, seed)
     gates += [Gate("CLIP zero-shot object", zs_obj, 0.9), Gate("CLIP zero-shot place", zs_place, 0.9)]
     gates.append(Gate("diversity across seeds (vs renders)", diversity(pipe, 15, 6.0, seed), 0.3))
@@ -158,5 +179,7 @@ def check(zoo: Path, per_pair: int = 2, seed: int = 1234, grid_out: Path | None 
 
 
 def format_gates(gates: list[Gate]) -> str:
-    rows = [f"| {g.name} | {g.value:.3f} | >= {g.threshold} | {'pass' if g.passed else 'FAIL'} |" for g in gates]
+    rows = [f"| {g.name} | {g.value:.3f} | " + ("- | measured |" if g.threshold is None else
+                                                f">= {g.threshold} | {'pass' if g.passed else 'FAIL'} |")
+            for g in gates]
     return "\n".join(["| gate | value | threshold | |", "|---|---|---|---|", *rows])

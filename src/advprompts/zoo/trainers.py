@@ -48,6 +48,11 @@ class ZooRecipe:
     unet_lr: float = 6e-4
     unet_object_weight: float = 4.0  # extra loss weight on latent pixels covered by the object mask
     caption_dropout: float = 0.1
+    # 9-channel inpainting UNet (latents + repaint mask + masked-image latents), fine-tuned from the
+    # text-to-image UNet as SD's inpainting model was; 0 = none (inpainting by latent blending).
+    inpaint_steps: int = 0
+    inpaint_batch: int = 64
+    inpaint_lr: float = 3e-4
     oracle_steps: int = 800
     oracle_batch: int = 128
     # The task models' "ImageNet": small_cnn pretrained to name the object on web-corpus images. From
@@ -211,6 +216,63 @@ def train_unet(corpus: Corpus, latents: torch.Tensor, text_encoder, tokenizer, r
                warmup=200, ema=ema, log_file=log_file, ckpt_every=100, bf16=use_bf16(recipe))
     unet.load_state_dict(ema.state_dict())
     return unet.eval()
+
+
+def _repaint_masks(object_masks: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Repaint masks (1 = repaint) for inpainting training: mostly "keep the object, repaint the rest"
+    (how advprompts inpaints), some random boxes and some whole images, as SD's inpainting training."""
+    keep = (object_masks > 0.5).float()
+    n, _, h, w = keep.shape
+    boxes = torch.zeros_like(keep)
+    for i in range(n):
+        bh, bw = rng.integers(h // 4, h, 2)
+        r, c = rng.integers(0, h - bh + 1), rng.integers(0, w - bw + 1)
+        boxes[i, :, r:r + bh, c:c + bw] = 1
+    kind = torch.from_numpy(rng.choice(3, n, p=[0.75, 0.15, 0.1])).view(n, 1, 1, 1)
+    return torch.where(kind == 0, 1 - keep, torch.where(kind == 1, boxes, torch.ones_like(keep)))
+
+
+def train_inpaint_unet(corpus: Corpus, latents: torch.Tensor, vae, unet, text_encoder, tokenizer, recipe: ZooRecipe,
+                       work: Path, log_file: Path):
+    """The 9-channel inpainting UNet, from the text-to-image UNet with zero-initialised extra input
+    channels. It sees what is kept, so it does not paint a second object beside the kept one."""
+    inpaint = make_unet(recipe.seed, in_channels=9)
+    state = {k: v.clone() for k, v in unet.state_dict().items()}
+    w = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([w, torch.zeros(w.shape[0], 5, *w.shape[2:])], 1)
+    inpaint.load_state_dict(state)
+    ema = EMA(inpaint, 0.999)
+    sched = train_scheduler()
+    snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
+    tok = Tokenize(tokenizer)
+    text_encoder.requires_grad_(False)
+    vae.requires_grad_(False)
+    masks = torch.from_numpy(corpus.masks)
+    scaling = vae.config.scaling_factor
+
+    def step_fn(step):
+        rng = _batch_rng(recipe.seed, 6, step)
+        idx = rng.integers(0, len(corpus), recipe.inpaint_batch)
+        texts = [c.text if rng.random() >= recipe.caption_dropout else "" for c in corpus.captions(idx, rng)]
+        repaint = _repaint_masks(masks[idx].float()[:, None] / 255, rng)
+        with torch.no_grad():  # as diffusers' StableDiffusionInpaintPipeline prepares its inputs
+            cond = text_encoder(tok(texts))[0]
+            masked = vae.encode(corpus.image_batch(idx) * (repaint < 0.5)).latent_dist.mean.float() * scaling
+        mask_latent = F.interpolate(repaint, size=masked.shape[-2:])
+        g = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
+        z0 = latents[idx]
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
+        x = torch.cat([sched.add_noise(z0, noise, t), mask_latent, masked], 1)
+        pred = inpaint(x, t, cond).sample.float()
+        w = torch.clamp(snr[t], max=5.0) / snr[t]
+        return {"loss": (w * (pred - noise).pow(2).mean((1, 2, 3))).mean()}
+
+    train_loop("inpaint", inpaint, inpaint.parameters(), step_fn, recipe.inpaint_steps, lr=recipe.inpaint_lr,
+               ckpt=work / "inpaint_unet.pt", warmup=100, ema=ema, log_file=log_file, ckpt_every=100,
+               bf16=use_bf16(recipe))
+    inpaint.load_state_dict(ema.state_dict())
+    return inpaint.eval()
 
 
 def train_task_backbone(corpus: Corpus, recipe: ZooRecipe, work: Path) -> dict:
