@@ -183,34 +183,49 @@ def encode_latents(vae, corpus: Corpus, batch: int = 500) -> torch.Tensor:
     return torch.cat(out)
 
 
+class _NoisePrediction:
+    """The diffusers noise-prediction objective with caption dropout (for CFG) and min-SNR-5
+    weighting, shared by the text-to-image and the inpainting UNet."""
+
+    def __init__(self, corpus: Corpus, text_encoder, tokenizer, recipe: ZooRecipe):
+        self.corpus, self.text_encoder, self.recipe = corpus, text_encoder, recipe
+        self.sched = train_scheduler()
+        self.snr = self.sched.alphas_cumprod / (1 - self.sched.alphas_cumprod)
+        self.tok = Tokenize(tokenizer)
+        text_encoder.requires_grad_(False)
+
+    def text(self, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        c = self.corpus.captions(idx, rng)
+        texts = [x.text if rng.random() >= self.recipe.caption_dropout else "" for x in c]
+        with torch.no_grad():
+            return self.text_encoder(self.tok(texts))[0]
+
+    def loss(self, model, z0: torch.Tensor, cond: torch.Tensor, rng: np.random.Generator,
+             extra: torch.Tensor | None = None, pixel_w: torch.Tensor | float = 1.0) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, self.sched.config.num_train_timesteps, (len(z0),), generator=g)
+        x = self.sched.add_noise(z0, noise, t)
+        pred = model(x if extra is None else torch.cat([x, extra], 1), t, cond).sample.float()
+        w = torch.clamp(self.snr[t], max=5.0) / self.snr[t]
+        return (w * ((pred - noise).pow(2) * pixel_w).mean((1, 2, 3))).mean()
+
+
 def train_unet(corpus: Corpus, latents: torch.Tensor, text_encoder, tokenizer, recipe: ZooRecipe, work: Path,
                log_file: Path):
-    """Noise prediction with caption dropout (for CFG) and min-SNR-5 loss weighting."""
+    """The text-to-image UNet, with object pixels weighted up."""
     unet = make_unet(recipe.seed)
     ema = EMA(unet, 0.999)
-    sched = train_scheduler()
-    alphas = sched.alphas_cumprod
-    snr = alphas / (1 - alphas)
-    tok = Tokenize(tokenizer)
-    text_encoder.requires_grad_(False)
+    objective = _NoisePrediction(corpus, text_encoder, tokenizer, recipe)
     # Objects cover a few percent of the image, so the plain loss is dominated by backgrounds.
     obj_cover = F.avg_pool2d(torch.from_numpy(corpus.masks).float()[:, None] / 255, 4)
 
     def step_fn(step):
         rng = _batch_rng(recipe.seed, 3, step)
         idx = rng.integers(0, len(corpus), recipe.unet_batch)
-        texts = [c.text if rng.random() >= recipe.caption_dropout else "" for c in corpus.captions(idx, rng)]
-        with torch.no_grad():
-            cond = text_encoder(tok(texts))[0]
-        g = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
-        z0 = latents[idx]
-        noise = torch.randn(z0.shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
-        pred = unet(sched.add_noise(z0, noise, t), t, cond).sample.float()
-        w = torch.clamp(snr[t], max=5.0) / snr[t]
+        cond = objective.text(idx, rng)
         pixel_w = 1 + recipe.unet_object_weight * obj_cover[idx]
-        loss = (w * ((pred - noise).pow(2) * pixel_w).mean((1, 2, 3))).mean()
-        return {"loss": loss}
+        return {"loss": objective.loss(unet, latents[idx], cond, rng, pixel_w=pixel_w)}
 
     train_loop("unet", unet, unet.parameters(), step_fn, recipe.unet_steps, lr=recipe.unet_lr, ckpt=work / "unet.pt",
                warmup=200, ema=ema, log_file=log_file, ckpt_every=100, bf16=use_bf16(recipe))
@@ -242,10 +257,7 @@ def train_inpaint_unet(corpus: Corpus, latents: torch.Tensor, vae, unet, text_en
     state["conv_in.weight"] = torch.cat([w, torch.zeros(w.shape[0], 5, *w.shape[2:])], 1)
     inpaint.load_state_dict(state)
     ema = EMA(inpaint, 0.999)
-    sched = train_scheduler()
-    snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
-    tok = Tokenize(tokenizer)
-    text_encoder.requires_grad_(False)
+    objective = _NoisePrediction(corpus, text_encoder, tokenizer, recipe)
     vae.requires_grad_(False)
     masks = torch.from_numpy(corpus.masks)
     scaling = vae.config.scaling_factor
@@ -253,20 +265,12 @@ def train_inpaint_unet(corpus: Corpus, latents: torch.Tensor, vae, unet, text_en
     def step_fn(step):
         rng = _batch_rng(recipe.seed, 6, step)
         idx = rng.integers(0, len(corpus), recipe.inpaint_batch)
-        texts = [c.text if rng.random() >= recipe.caption_dropout else "" for c in corpus.captions(idx, rng)]
+        cond = objective.text(idx, rng)
         repaint = _repaint_masks(masks[idx].float()[:, None] / 255, rng)
         with torch.no_grad():  # as diffusers' StableDiffusionInpaintPipeline prepares its inputs
-            cond = text_encoder(tok(texts))[0]
             masked = vae.encode(corpus.image_batch(idx) * (repaint < 0.5)).latent_dist.mean.float() * scaling
-        mask_latent = F.interpolate(repaint, size=masked.shape[-2:])
-        g = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
-        z0 = latents[idx]
-        noise = torch.randn(z0.shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
-        x = torch.cat([sched.add_noise(z0, noise, t), mask_latent, masked], 1)
-        pred = inpaint(x, t, cond).sample.float()
-        w = torch.clamp(snr[t], max=5.0) / snr[t]
-        return {"loss": (w * (pred - noise).pow(2).mean((1, 2, 3))).mean()}
+        extra = torch.cat([F.interpolate(repaint, size=masked.shape[-2:]), masked], 1)
+        return {"loss": objective.loss(inpaint, latents[idx], cond, rng, extra=extra)}
 
     train_loop("inpaint", inpaint, inpaint.parameters(), step_fn, recipe.inpaint_steps, lr=recipe.inpaint_lr,
                ckpt=work / "inpaint_unet.pt", warmup=100, ema=ema, log_file=log_file, ckpt_every=100,
