@@ -82,3 +82,31 @@ def test_public_api_resolves_lazily():
 
     for name in advprompts.__all__:
         assert getattr(advprompts, name) is not None, name
+
+
+def test_kind_captions_match_every_object_of_that_kind():
+    from advprompts.zoo.corpus import render_corpus
+    from advprompts.zoo.trainers import caption_match
+
+    rng = np.random.default_rng(0)
+    duck = replace(web_scene(np.random.default_rng(1)), obj="duck", place="lake", time="day", location=None)
+    caps = [caption(duck, rng) for _ in range(400)]
+    kind = [c for c in caps if c.says_kind]
+    assert 0.05 < len(kind) / len(caps) < 0.2
+    assert all("bird" in c.text and "duck" not in c.text and not c.says_object for c in kind)
+    assert not any(c.says_kind for c in (caption(replace(duck, obj="car"), rng) for _ in range(200)))
+
+    corpus = render_corpus(60, seed=3)
+    names = [s.obj for s in corpus.scenes]
+    i_duck = next(i for i, o in enumerate(names) if o == "duck")
+    i_sparrow = next(i for i, o in enumerate(names) if o == "sparrow")
+    i_cattle = next(i for i, o in enumerate(names) if o == "cattle")
+    idx = np.array([i_duck, i_sparrow, i_cattle])
+    def named(obj):  # a caption naming the object but not the place
+        scene = corpus.scenes[{"sparrow": i_sparrow, "cattle": i_cattle}[obj]]
+        return next(c for c in (caption(scene, rng) for _ in range(200)) if c.says_object and not c.says_place)
+
+    caps = [next(c for c in kind if not c.says_place), named("sparrow"), named("cattle")]
+    m = caption_match(caps, replace(corpus, night=np.zeros(len(corpus), bool)), idx)
+    # "a bird" (a caption of the duck) fits both birds; "a sparrow" only the sparrow
+    assert m.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]

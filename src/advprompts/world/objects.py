@@ -240,7 +240,7 @@ OBJECTS: dict[str, ObjectSpec] = {
         ObjectSpec("impala", "mammal", ("antelope",), 0.9, 0.9, draw_impala),
         ObjectSpec("zebra", "mammal", ("zebra",), 0.75, 1.0, draw_zebra),
         ObjectSpec("giraffe", "mammal", ("giraffe",), 1.3, 1.0, draw_giraffe),
-        ObjectSpec("dikdik", "mammal", ("small antelope",), 0.85, 0.8, draw_dikdik),
+        ObjectSpec("dikdik", "mammal", ("dik-dik",), 0.85, 0.95, draw_dikdik),
         ObjectSpec("car", "thing", ("automobile",), 0.55, 1.0, draw_car),
         ObjectSpec("boat", "thing", ("sailboat",), 0.9, 0.95, draw_boat),
         ObjectSpec("tent", "thing", ("tent",), 0.75, 0.9, draw_tent),

@@ -128,7 +128,7 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
         if lat_file.exists():
             latents = torch.load(lat_file)
         else:
-            latents = encode_latents(vae, corpus)
+            latents = encode_latents(vae, corpus, bf16=use_bf16(recipe))
             torch.save(latents, lat_file)
         scaling = float(1.0 / latents.std())
         vae.register_to_config(scaling_factor=scaling)

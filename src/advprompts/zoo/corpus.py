@@ -7,6 +7,8 @@ Diffusion): images are rendered once and cached; captions are re-drawn at every 
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,8 @@ logger = logging.getLogger(__name__)
 OBJECT_NAMES = list(OBJECTS)
 PLACE_NAMES = list(PLACES)
 NO_OBJECT = len(OBJECT_NAMES)  # object index of an empty scene
+KIND_NAMES = sorted({o.kind for o in OBJECTS.values()})
+NO_KIND = len(KIND_NAMES)
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Corpus:
     images: np.ndarray  # uint8 [N, 64, 64, 3]
     masks: np.ndarray  # uint8 [N, 64, 64]
     obj: np.ndarray  # int [N], NO_OBJECT for empty scenes
+    kind: np.ndarray  # int [N]: index into KIND_NAMES, NO_KIND for empty scenes
     place: np.ndarray  # int [N]
     night: np.ndarray  # bool [N]
     scenes: list[Scene]
@@ -57,8 +62,11 @@ def render_corpus(n: int, seed: int, cache: Path | None = None, desc: str = "ren
     else:
         images = np.zeros((n, 64, 64, 3), np.uint8)
         masks = np.zeros((n, 64, 64), np.uint8)
-        for i, s in enumerate(tqdm(scenes, desc=desc, mininterval=5)):
-            images[i], masks[i] = render(s)
+        # Every scene carries its own seed, so rendering in worker processes gives the same pixels.
+        with ProcessPoolExecutor(max(1, min(os.cpu_count() or 1, 8))) as pool:
+            for i, (img, mask) in enumerate(tqdm(pool.map(render, scenes, chunksize=256), total=n, desc=desc,
+                                                 mininterval=5)):
+                images[i], masks[i] = img, mask
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(".tmp.npz")
@@ -67,6 +75,7 @@ def render_corpus(n: int, seed: int, cache: Path | None = None, desc: str = "ren
     return Corpus(
         images=images, masks=masks,
         obj=np.array([OBJECT_NAMES.index(s.obj) if s.obj else NO_OBJECT for s in scenes]),
+        kind=np.array([KIND_NAMES.index(OBJECTS[s.obj].kind) if s.obj else NO_KIND for s in scenes]),
         place=np.array([PLACE_NAMES.index(s.place) for s in scenes]),
         night=np.array([s.time == "night" for s in scenes]),
         scenes=scenes,

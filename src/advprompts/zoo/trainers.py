@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from advprompts.zoo.architectures import make_clip, make_unet, make_vae, train_scheduler
+from advprompts.world.captions import Caption
 from advprompts.zoo.corpus import Corpus
 from advprompts.zoo.oracle import Oracle
 from advprompts.zoo.train_common import EMA, train_loop
@@ -32,7 +33,7 @@ class ZooRecipe:
 
     seed: int = 0
     corpus_size: int = 60_000
-    clip_steps: int = 850
+    clip_steps: int = 800
     clip_batch: int = 192
     # VAE: 1500 steps on object-centred 32 px crops (the VAE is fully convolutional), then 500 on full
     # images; object pixels weighted 5x, plus an image-gradient term. Measured: the oracle recognises
@@ -95,6 +96,16 @@ def _batch_rng(seed: int, stage: int, step: int) -> np.random.Generator:
     return np.random.default_rng([seed, stage, step])
 
 
+def caption_match(caps: list[Caption], corpus: Corpus, idx: np.ndarray) -> torch.Tensor:
+    """[text, image] 1 where caption i is true of image j: it agrees on all the caption says."""
+    obj, kind, place, night = (torch.from_numpy(a[idx]) for a in (corpus.obj, corpus.kind, corpus.place,
+                                                                    corpus.night))
+    says_obj, says_kind, says_place = (torch.tensor([getattr(c, f) for c in caps])[:, None]
+                                       for f in ("says_object", "says_kind", "says_place"))
+    return ((~says_obj | (obj[:, None] == obj[None])) & (~says_kind | (kind[:, None] == kind[None]))
+            & (~says_place | (place[:, None] == place[None])) & (night[:, None] == night[None])).float()
+
+
 def train_clip(corpus: Corpus, tokenizer, recipe: ZooRecipe, work: Path, log_file: Path):
     """Contrastive CLIP; a caption matches every image agreeing with what the caption says."""
     model = make_clip(recipe.seed)
@@ -105,11 +116,7 @@ def train_clip(corpus: Corpus, tokenizer, recipe: ZooRecipe, work: Path, log_fil
         idx = rng.integers(0, len(corpus), recipe.clip_batch)
         caps = corpus.captions(idx, rng)
         out = model(input_ids=tok([c.text for c in caps]), pixel_values=clip_pixels(corpus.image_batch(idx)))
-        obj, place, night = (torch.from_numpy(a[idx]) for a in (corpus.obj, corpus.place, corpus.night))
-        says_obj = torch.tensor([c.says_object for c in caps])[:, None]
-        says_place = torch.tensor([c.says_place for c in caps])[:, None]
-        match = ((~says_obj | (obj[:, None] == obj[None])) & (~says_place | (place[:, None] == place[None]))
-                 & (night[:, None] == night[None])).float()  # [text, image]
+        match = caption_match(caps, corpus, idx)
         lt = -(F.log_softmax(out.logits_per_text, 1) * match / match.sum(1, keepdim=True)).sum(1).mean()
         mi = match.t()
         li = -(F.log_softmax(out.logits_per_image, 1) * mi / mi.sum(1, keepdim=True)).sum(1).mean()
@@ -177,10 +184,12 @@ def train_vae(corpus: Corpus, recipe: ZooRecipe, work: Path, log_file: Path):
 
 
 @torch.no_grad()
-def encode_latents(vae, corpus: Corpus, batch: int = 500) -> torch.Tensor:
-    """Posterior means of the whole corpus (the KL weight is tiny, so the posterior std is too)."""
-    out = [vae.encode(corpus.image_batch(np.arange(i, min(i + batch, len(corpus))))).latent_dist.mean
-           for i in range(0, len(corpus), batch)]
+def encode_latents(vae, corpus: Corpus, batch: int = 500, bf16: bool = False) -> torch.Tensor:
+    """Posterior means of the whole corpus (the KL weight is tiny, so the posterior std is too), under
+    the autocast the VAE was trained with."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = [vae.encode(corpus.image_batch(np.arange(i, min(i + batch, len(corpus))))).latent_dist.mean.float()
+               for i in range(0, len(corpus), batch)]
     return torch.cat(out)
 
 
