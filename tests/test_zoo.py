@@ -126,3 +126,17 @@ def test_inpaint_gate_with_a_kind_prompt_and_measured_rows(tiny):
     rows = format_gates([Gate("gated", 0.5, 0.9), Gate("measured", 0.5, None)]).splitlines()
     assert rows[2].endswith("| >= 0.9 | FAIL |") and rows[3].endswith("| - | measured |")
     assert Gate("measured", 0.0, None).passed
+
+
+def test_per_object_figures_name_the_commonest_mistake():
+    from advprompts.zoo.check import format_per_object, object_figures
+    from advprompts.zoo.corpus import NO_OBJECT, OBJECT_NAMES
+
+    duck, sparrow, cattle = (OBJECT_NAMES.index(o) for o in ("duck", "sparrow", "cattle"))
+    truth = np.array([duck] * 4 + [sparrow] * 4)
+    pred = np.array([duck, duck, duck, NO_OBJECT, cattle, cattle, sparrow, duck])
+    fig = object_figures(truth, pred)
+    assert (fig["duck"].right, fig["duck"].most_confused_with) == (0.75, "empty")
+    assert (fig["sparrow"].right, fig["sparrow"].most_confused_with) == (0.25, "cattle")
+    assert np.isnan(fig["zebra"].right) and fig["zebra"].most_confused_with is None
+    assert "| sparrow | 0.25 | cattle |" in format_per_object(fig).splitlines()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +54,33 @@ def _pipe_images(pipe, prompts: list[str], steps: int, cfg: float, seed: int, ba
     return torch.cat(out)
 
 
+@dataclass
+class ObjectFigures:
+    """How often generations of one prompted object show it, and what they show instead."""
+    right: float
+    most_confused_with: str | None  # the commonest wrong oracle answer ("empty" for no object)
+
+
+def object_figures(truth: np.ndarray, pred: np.ndarray) -> dict[str, ObjectFigures]:
+    names = [*OBJECT_NAMES, "empty"]
+    out = {}
+    for i, name in enumerate(OBJECT_NAMES):
+        got = pred[truth == i]
+        wrong = got[got != i]
+        out[name] = ObjectFigures(float((got == i).mean()) if len(got) else float("nan"),
+                                  names[int(np.bincount(wrong).argmax())] if len(wrong) else None)
+    return out
+
+
 def text_to_image_gate(pipe, oracle: Oracle, steps: int, cfg: float, per_pair: int, seed: int):
+    """Right object, right place, per-object figures and the first objects x places images."""
     pairs = [(o, p) for o in OBJECT_NAMES for p in PLACE_NAMES] * per_pair
     images = _pipe_images(pipe, [canonical_prompt(o, p) for o, p in pairs], steps, cfg, seed)
     pred = oracle.predict(images)
-    obj_ok = pred["object"] == np.array([OBJECT_NAMES.index(o) for o, _ in pairs])
+    truth = np.array([OBJECT_NAMES.index(o) for o, _ in pairs])
     place_ok = pred["place"] == np.array([PLACE_NAMES.index(p) for _, p in pairs])
-    return float(obj_ok.mean()), float(place_ok.mean()), images[: len(OBJECT_NAMES) * len(PLACE_NAMES)]
+    return (float((pred["object"] == truth).mean()), float(place_ok.mean()),
+            object_figures(truth, pred["object"]), images[: len(OBJECT_NAMES) * len(PLACE_NAMES)])
 
 
 def inpaint_gate(inpaint_pipe, oracle: Oracle, steps: int, cfg: float, n: int, seed: int,
@@ -124,7 +144,17 @@ def diversity(pipe, steps: int, cfg: float, seed: int) -> float:
     return spread(gen) / spread(real)
 
 
-def check(zoo: Path, per_pair: int = 2, seed: int = 1234, grid_out: Path | None = None) -> list[Gate]:
+@dataclass
+class CheckResult:
+    gates: list[Gate]
+    per_object: dict[str, ObjectFigures]  # text-to-image at 15 steps: which objects fail, and as what
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+
+def check(zoo: Path, per_pair: int = 2, seed: int = 1234, grid_out: Path | None = None) -> CheckResult:
     """Run every gate on the zoo at `zoo` and record the figures in its manifest."""
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
     from torchvision.utils import save_image
@@ -143,12 +173,14 @@ def check(zoo: Path, per_pair: int = 2, seed: int = 1234, grid_out: Path | None 
                         (pred["place"] == np.array([PLACE_NAMES.index(p) for _, p in pairs]))).mean())
     gates.append(Gate("oracle accuracy on renders (object and place)", oracle_acc, 0.97))
     for steps in (15, 5):
-        obj, place, grid = text_to_image_gate(pipe, oracle, steps, 6.0, per_pair, seed)
+        obj, place, figures, grid = text_to_image_gate(pipe, oracle, steps, 6.0, per_pair, seed)
         gates += [Gate(f"text-to-image right object, {steps} steps", obj, 0.9),
                   Gate(f"text-to-image right place, {steps} steps", place, 0.9)]
-        if steps == 15 and grid_out is not None:
-            grid_out.parent.mkdir(parents=True, exist_ok=True)
-            save_image(grid, grid_out, nrow=len(PLACE_NAMES), padding=1)
+        if steps == 15:
+            per_object = figures
+            if grid_out is not None:
+                grid_out.parent.mkdir(parents=True, exist_ok=True)
+                save_image(grid, grid_out, nrow=len(PLACE_NAMES), padding=1)
     unet9 = zoo / "sd" / "unet_inpaint"
     variants = [("", inpaint)]
     if unet9.is_dir():
@@ -174,8 +206,9 @@ def check(zoo: Path, per_pair: int = 2, seed: int = 1234, grid_out: Path | None 
         data = json.loads(manifest.read_text())
         data["gates"] = {g.name: {"value": round(g.value, 4), "threshold": g.threshold, "passed": g.passed}
                          for g in gates}
+        data["per_object_15_steps"] = {o: asdict(f) for o, f in per_object.items()}
         manifest.write_text(json.dumps(data, indent=2))
-    return gates
+    return CheckResult(gates, per_object)
 
 
 def format_gates(gates: list[Gate]) -> str:
@@ -183,3 +216,8 @@ def format_gates(gates: list[Gate]) -> str:
                                                 f">= {g.threshold} | {'pass' if g.passed else 'FAIL'} |")
             for g in gates]
     return "\n".join(["| gate | value | threshold | |", "|---|---|---|---|", *rows])
+
+
+def format_per_object(per_object: dict[str, ObjectFigures]) -> str:
+    rows = [f"| {o} | {f.right:.2f} | {f.most_confused_with or '-'} |" for o, f in per_object.items()]
+    return "\n".join(["| prompted object (15 steps) | right | most often drawn instead |", "|---|---|---|", *rows])

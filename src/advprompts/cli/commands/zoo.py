@@ -33,12 +33,12 @@ def check(zoo: Annotated[Optional[Path], typer.Option(help="Zoo folder (default:
           grid: Annotated[Optional[Path], typer.Option(help="Save a generation grid (objects x places).")] = None):
     """Run the quality gates; exit status 1 when one fails."""
     from advprompts.zoo.check import check as run_check
-    from advprompts.zoo.check import format_gates
+    from advprompts.zoo.check import format_gates, format_per_object
     from advprompts.zoo.paths import zoo_dir
 
-    gates = run_check(zoo or zoo_dir(), grid_out=grid)
-    typer.echo(format_gates(gates))
-    if not all(g.passed for g in gates):
+    result = run_check(zoo or zoo_dir(), grid_out=grid)
+    typer.echo(format_gates(result.gates) + "\n\n" + format_per_object(result.per_object))
+    if not result.passed:
         raise typer.Exit(code=1)
 
 
