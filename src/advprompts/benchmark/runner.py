@@ -15,6 +15,7 @@ import torch
 from advprompts.benchmark import generation, memory, models, step
 from advprompts.benchmark.suites import get_suite
 from advprompts.errors import ConfigError
+from advprompts.hardware import cpu_name
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def run_benchmark(suite: str = "full", json_path: str | Path | None = None, *, t
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     res: dict = {"suite": s.name, "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                 "python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
+                 "python": platform.python_version(), "cpu": cpu_name()}
     with models.workdir() as tmp:
         comps, clip_spec, note = models.load_models(s.model, dev, Path(tmp))
         res["model"] = note

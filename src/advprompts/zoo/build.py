@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from advprompts.hardware import cpu_name
 from advprompts.zoo.architectures import sample_scheduler
 from advprompts.zoo.corpus import render_corpus
 from advprompts.zoo.tokenizer import write_tokenizer_files
@@ -76,14 +77,6 @@ def save_models(out: Path, clip, tokenizer, vae, unet, oracle, dtype: torch.dtyp
                        ).save_pretrained(out / "clip")
     oracle.save(out / "oracle")
     clip.float()
-
-
-def _cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(v.split(":", 1)[1].strip() for v in lines if v.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 class StageTimes:
@@ -151,7 +144,7 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
         save_file(backbone, str(out / "task" / "small_cnn.safetensors"))
     times = timer.summary()
     write_manifest(out, recipe, {"build_times_s": times, "bf16_autocast": use_bf16(recipe),
-                                 "cpu": _cpu_name(), "threads": torch.get_num_threads(),
+                                 "cpu": cpu_name(), "threads": torch.get_num_threads(),
                                  "dtype": str(dtype).replace("torch.", "")})
     logger.info("zoo built in %.1f min -> %s", times["total_s"] / 60, out)
     return out
