@@ -137,6 +137,12 @@ def test_gap_preset_runs_guidance_with_warmup(_tiny_session, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "gap" / "log.csv")))
     assert float(rows[0]["opposite_ce"]) == 0.0 and float(rows[1]["opposite_ce"]) > 0  # warm-up of 1 step
     assert all(float(r["text_l2"]) > 0 and float(r["image_cosine"]) < 0 for r in rows)
+    # The two classes' prompts of one seed start from different inits (with a negligible learning rate
+    # prompts from one init stay within 1e-5 of each other).
+    still = optimize(load_config("tiny-gap", ["optim.steps=1", "optim.lr=1e-6", "log.tensorboard=false"]),
+                     tmp_path / "still", components=copy.deepcopy(_tiny_session["txt2img"]).freeze())
+    a, b = (next(iter(load_file(f).values())) for f in still.prompt_files)
+    assert (a - b).abs().max() > 1e-3
 
 
 def test_gradient_accumulation_runs_every_micro_batch(_tiny_session, tmp_path):
