@@ -12,12 +12,13 @@ def run_and_report(config: str, out: str | Path, *, overrides: list[str] = (), m
     from advprompts.experiments.config import load_experiment_config
     from advprompts.experiments.report import results_table, write_report
     from advprompts.experiments.runner import ExperimentRunner
+    from advprompts.zoo.paths import is_embedded
 
     t0 = time.time()
     cfg = load_experiment_config(config, overrides, methods)
     runner = ExperimentRunner(cfg, out, overwrite=overwrite, components=components, say=echo)
     rows = runner.run()
-    oracle = _oracle() if cfg.model in ("embedded", "embedded-inpaint") else None
+    oracle = _oracle() if is_embedded(cfg.model) else None
     report = write_report(out, cfg, components=runner.components if runner._components is not None else None,
                           oracle=oracle)
     echo("")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from advprompts.errors import ModelLoadError
+from advprompts.zoo.paths import is_embedded
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ def load_components(
 
         # "embedded-inpaint": the embedded pipeline with its 9-channel inpainting UNet (sd/unet_inpaint).
         unet_folder = "unet_inpaint" if spec == "embedded-inpaint" else "unet"
-        location, local = _resolve_spec("embedded" if spec == "embedded-inpaint" else spec)
+        location, local = _resolve_spec("embedded" if is_embedded(spec) else spec)
         if local:
             check_pipeline_folder(location)
             if not (Path(location) / unet_folder).is_dir():

@@ -172,6 +172,7 @@ def check(zoo: Path, per_pair: int = 2, seed: int = 1234, grid_out: Path | None 
     oracle_acc = float(((pred["object"] == np.array([OBJECT_NAMES.index(o) for o, _ in pairs])) &
                         (pred["place"] == np.array([PLACE_NAMES.index(p) for _, p in pairs]))).mean())
     gates.append(Gate("oracle accuracy on renders (object and place)", oracle_acc, 0.97))
+    per_object: dict[str, ObjectFigures] = {}
     for steps in (15, 5):
         obj, place, figures, grid = text_to_image_gate(pipe, oracle, steps, 6.0, per_pair, seed)
         gates += [Gate(f"text-to-image right object, {steps} steps", obj, 0.9),

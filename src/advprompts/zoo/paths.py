@@ -27,3 +27,8 @@ def clip_path() -> Path:
 def oracle_path() -> Path:
     """Oracle classifiers (object, place, time) trained on renderer ground truth; judge generations."""
     return zoo_dir() / "oracle"
+
+
+def is_embedded(spec: str) -> bool:
+    """Whether a diffusion-model spec names the shipped pipeline (with either of its UNets)."""
+    return spec in ("embedded", "embedded-inpaint")
