@@ -115,6 +115,22 @@ def test_paste_keeps_object_pixels(tiny):
     assert torch.equal(out.images[~inside], out.decoded[~inside])
 
 
+@pytest.mark.parametrize("latent_mask", ["nearest", "cover"])
+def test_latent_mask_cover_keeps_every_latent_cell_the_object_touches(tiny, latent_mask):
+    """A one-pixel object off the nearest-sampling grid: "nearest" repaints its latent cell (as
+    diffusers does), "cover" keeps it; the kept cells end equal to the source latents whatever the prompt."""
+    images, _ = source_batch()
+    f = tiny.vae_scale_factor
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 2 * f + 1, 3 * f + 1] = 1.0  # inside latent cell (2, 3), not its top-left pixel
+    outs = [Sampler(tiny)([p] * 2, source=images, object_mask=mask, latent_mask=latent_mask, num_steps=2,
+                          guidance_scale=1.0, generator=torch.Generator().manual_seed(0), grad=False).latents
+            for p in ("a red square", "a green circle")]
+    same = (outs[0] - outs[1]).abs().amax(dim=(0, 1)) < 1e-6  # [h, w]: cells the prompt did not change
+    assert bool(same[2, 3]) == (latent_mask == "cover")
+    assert int(same.sum()) == (1 if latent_mask == "cover" else 0)
+
+
 def test_rollout_is_differentiable_wrt_prompt_embeddings(tiny):
     from advprompts.prompts import LearnablePrompt
 

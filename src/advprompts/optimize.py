@@ -114,7 +114,7 @@ def _sampler_kwargs(config: RunConfig, batch: dict, device: torch.device) -> dic
     if s.conditioning == "inpaint":
         if batch["mask"] is None:
             raise DataError("sampler.conditioning=inpaint needs object masks (mask_file column) in the source data")
-        kw.update(source=images, object_mask=batch["mask"].to(device), paste=s.paste)
+        kw.update(source=images, object_mask=batch["mask"].to(device), paste=s.paste, latent_mask=s.latent_mask)
     elif s.conditioning == "controlnet":
         if batch["dense"] is None:
             raise DataError("sampler.conditioning=controlnet needs dense maps (depth_file column) in the source data")

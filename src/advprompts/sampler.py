@@ -24,6 +24,9 @@ from torch.utils.checkpoint import checkpoint
 
 from advprompts.errors import ConfigError
 from advprompts.models.loading import Components
+
+#: How the object mask is brought to latent resolution for inpainting (see ``Sampler.__call__``).
+LATENT_MASKS = ("nearest", "cover")
 from advprompts.prompts import encode_text
 
 logger = logging.getLogger(__name__)
@@ -153,6 +156,7 @@ class Sampler:
         source: torch.Tensor | None = None,
         object_mask: torch.Tensor | None = None,
         paste: bool = False,
+        latent_mask: str = "nearest",
         conditioning: torch.Tensor | None = None,
         conditioning_scale: float = 1.0,
         height: int | None = None,
@@ -173,6 +177,9 @@ class Sampler:
             source: source images (B, 3, H, W) in [0, 1] (SDEdit / inpainting start).
             object_mask: (B, 1, H, W), 1 = object to keep; turns on inpainting.
             paste: paste the source object pixels back: ``m * source + (1 - m) * decoded``.
+            latent_mask: how the object mask reaches latent resolution: ``"nearest"`` (diffusers'
+                inpainting pipelines: one pixel per latent cell) or ``"cover"`` (keep every latent
+                cell the object touches, so no part of the object is repainted).
             conditioning: ControlNet condition images (B, 3, H, W) in [0, 1].
             conditioning_scale: ControlNet conditioning scale.
             height, width: output size for text-to-image (default: the UNet's sample size).
@@ -189,13 +196,15 @@ class Sampler:
         width = width or (ref.shape[-1] if ref is not None else self.c.unet.config.sample_size * f)
         self.check_inputs(prompt, num_steps, strength, guidance_scale, eta, source, object_mask,
                           conditioning, height, width)
+        if latent_mask not in LATENT_MASKS:
+            raise ConfigError(f"latent_mask={latent_mask!r}; expected one of {', '.join(LATENT_MASKS)}")
         with (contextlib.nullcontext() if grad else torch.no_grad()):
             return self._rollout(prompt, num_steps, guidance_scale, eta, strength, negative_prompt, source,
-                                 object_mask, paste, conditioning, conditioning_scale, height, width, noise,
-                                 generator, grad)
+                                 object_mask, paste, latent_mask, conditioning, conditioning_scale, height, width,
+                                 noise, generator, grad)
 
     def _rollout(self, prompt, num_steps, guidance_scale, eta, strength, negative_prompt, source, object_mask,
-                 paste, conditioning, conditioning_scale, height, width, noise, generator, grad):
+                 paste, latent_mask, conditioning, conditioning_scale, height, width, noise, generator, grad):
         device, dtype = self.c.device, torch.float32
         batch, cfg = len(prompt), guidance_scale > 1.0
         nine = self.c.unet.config.in_channels == 9
@@ -234,7 +243,10 @@ class Sampler:
             noise = noise if noise is not None else randn_tensor(shape, generator=generator, device=device, dtype=dtype)
             latents = noise * scheduler.init_noise_sigma if strength == 1.0 else \
                 scheduler.add_noise(image_latents, noise, t0)
-            mask_latent = torch.nn.functional.interpolate(repaint, size=shape[-2:])
+            if latent_mask == "cover":  # repaint only latent cells with no object pixel at all
+                mask_latent = -torch.nn.functional.adaptive_max_pool2d(-repaint, shape[-2:])
+            else:
+                mask_latent = torch.nn.functional.interpolate(repaint, size=shape[-2:])
             # diffusers always encodes the masked image (one more draw); a 4-channel UNet only
             # needs that draw to keep the stream aligned when eta > 0 draws again later.
             if nine or eta > 0:

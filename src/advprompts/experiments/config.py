@@ -60,6 +60,7 @@ class GenerationSettings(_Strict):
     strength: float = Field(1.0, gt=0, le=1)
     eta: float = Field(0.0, ge=0, le=1)
     batch_size: int = Field(64, ge=1)
+    latent_mask: Literal["nearest", "cover"] = "nearest"  # see SamplerConfig.latent_mask
 
 
 class TaskSpec(_Strict):
