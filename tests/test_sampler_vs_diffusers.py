@@ -160,6 +160,8 @@ def test_check_inputs_rejects_bad_arguments(tiny, tiny_inpaint9):
         sampler(PROMPTS, source=images[:1], grad=False)
     with pytest.raises(ConfigError, match="inpainting UNet"):
         Sampler(tiny_inpaint9)(PROMPTS, grad=False)
+    with pytest.raises(ConfigError, match="latent_mask='dilate'"):
+        sampler(PROMPTS, source=images, object_mask=object_mask, latent_mask="dilate", grad=False)
 
 
 def test_bf16_autocast_stays_close_to_float32_and_keeps_gradients(tiny):

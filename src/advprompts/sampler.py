@@ -17,16 +17,15 @@ import contextlib
 import inspect
 import logging
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.checkpoint import checkpoint
 
 from advprompts.errors import ConfigError
+from advprompts.config.schema import LatentMask
 from advprompts.models.loading import Components
-
-#: How the object mask is brought to latent resolution for inpainting (see ``Sampler.__call__``).
-LATENT_MASKS = ("nearest", "cover")
 from advprompts.prompts import encode_text
 
 logger = logging.getLogger(__name__)
@@ -156,7 +155,7 @@ class Sampler:
         source: torch.Tensor | None = None,
         object_mask: torch.Tensor | None = None,
         paste: bool = False,
-        latent_mask: str = "nearest",
+        latent_mask: LatentMask = "nearest",
         conditioning: torch.Tensor | None = None,
         conditioning_scale: float = 1.0,
         height: int | None = None,
@@ -196,8 +195,8 @@ class Sampler:
         width = width or (ref.shape[-1] if ref is not None else self.c.unet.config.sample_size * f)
         self.check_inputs(prompt, num_steps, strength, guidance_scale, eta, source, object_mask,
                           conditioning, height, width)
-        if latent_mask not in LATENT_MASKS:
-            raise ConfigError(f"latent_mask={latent_mask!r}; expected one of {', '.join(LATENT_MASKS)}")
+        if latent_mask not in get_args(LatentMask):
+            raise ConfigError(f"latent_mask={latent_mask!r}; expected one of {', '.join(get_args(LatentMask))}")
         with (contextlib.nullcontext() if grad else torch.no_grad()):
             return self._rollout(prompt, num_steps, guidance_scale, eta, strength, negative_prompt, source,
                                  object_mask, paste, latent_mask, conditioning, conditioning_scale, height, width,

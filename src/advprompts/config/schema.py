@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from advprompts.errors import ConfigError
 
+#: How inpainting brings the object mask to latent resolution: "nearest" (diffusers' inpainting
+#: pipelines: one pixel per latent cell) or "cover" (keep every latent cell the object touches).
+LatentMask = Literal["nearest", "cover"]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -31,8 +35,7 @@ class SamplerConfig(_Strict):
     strength: float = Field(1.0, gt=0, le=1)       # SDEdit strength (1 = start from noise)
     conditioning: Literal["inpaint", "controlnet", "none"] = "inpaint"  # how the label is kept
     paste: bool = True                             # paste source object pixels back under the mask
-    latent_mask: Literal["nearest", "cover"] = "nearest"  # object mask at latent size: as diffusers, or
-                                                   # keeping every latent cell the object touches
+    latent_mask: LatentMask = "nearest"            # object mask at latent size (see LatentMask)
     conditioning_scale: float = Field(1.0, ge=0)   # ControlNet scale
     image_size: int | None = Field(None, ge=8)     # source size (default: UNet sample size x VAE factor)
     gradient_checkpointing: bool = True

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from advprompts.config.presets import apply_overrides
-from advprompts.config.schema import parse_config
+from advprompts.config.schema import LatentMask, parse_config
 from advprompts.errors import ConfigError
 from advprompts.tasks.train import TrainRecipe
 
@@ -60,7 +60,7 @@ class GenerationSettings(_Strict):
     strength: float = Field(1.0, gt=0, le=1)
     eta: float = Field(0.0, ge=0, le=1)
     batch_size: int = Field(64, ge=1)
-    latent_mask: Literal["nearest", "cover"] = "nearest"  # see SamplerConfig.latent_mask
+    latent_mask: LatentMask = "nearest"     # see SamplerConfig.latent_mask
 
 
 class TaskSpec(_Strict):
