@@ -23,8 +23,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch.utils.checkpoint import checkpoint
 
-from advprompts.errors import ConfigError
 from advprompts.config.schema import LatentMask
+from advprompts.errors import ConfigError
 from advprompts.models.loading import Components
 from advprompts.prompts import encode_text
 
@@ -117,7 +117,7 @@ class Sampler:
 
     # ------------------------------------------------------------------ rollout
     def check_inputs(self, prompt, num_steps, strength, guidance_scale, eta, source, object_mask,
-                     conditioning, height, width) -> None:
+                     conditioning, height, width, latent_mask: str = "nearest") -> None:
         """Validate a rollout's arguments up front (ConfigError naming the bad one)."""
         if not prompt or not all(isinstance(p, str) for p in prompt):
             raise ConfigError(f"prompt={prompt!r} is invalid; expected a non-empty list of strings")
@@ -142,6 +142,8 @@ class Sampler:
             raise ConfigError("this UNet is an inpainting UNet (9 input channels); pass source and object_mask")
         if (self.c.controlnet is None) != (conditioning is None):
             raise ConfigError("conditioning and a ControlNet go together; load a ControlNet or drop conditioning")
+        if latent_mask not in get_args(LatentMask):
+            raise ConfigError(f"latent_mask={latent_mask!r}; expected one of {', '.join(get_args(LatentMask))}")
 
     def __call__(
         self,
@@ -194,9 +196,7 @@ class Sampler:
         height = height or (ref.shape[-2] if ref is not None else self.c.unet.config.sample_size * f)
         width = width or (ref.shape[-1] if ref is not None else self.c.unet.config.sample_size * f)
         self.check_inputs(prompt, num_steps, strength, guidance_scale, eta, source, object_mask,
-                          conditioning, height, width)
-        if latent_mask not in get_args(LatentMask):
-            raise ConfigError(f"latent_mask={latent_mask!r}; expected one of {', '.join(get_args(LatentMask))}")
+                          conditioning, height, width, latent_mask)
         with (contextlib.nullcontext() if grad else torch.no_grad()):
             return self._rollout(prompt, num_steps, guidance_scale, eta, strength, negative_prompt, source,
                                  object_mask, paste, latent_mask, conditioning, conditioning_scale, height, width,
