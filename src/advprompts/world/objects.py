@@ -92,29 +92,35 @@ def draw_duck(P: Painter):
 
 
 def draw_sparrow(P: Painter):
+    # House-sparrow marks (grey crown, white cheek, black bib, white wing bar) on a buff back with dark
+    # streaks: the earlier plain brown sparrow with a pale, dark-spotted belly read as a brown cow after
+    # the VAE and the tiny CLIP put "sparrow" next to "cattle" (builds 3-5).
     r = P.rng
-    body = jitter(r, (140, 100, 60))
-    P.poly([(0.35, 0.62), (0.0, 0.98), (0.12, 1.0), (0.45, 0.72)], jitter(r, (90, 65, 40)))  # tail
+    back = jitter(r, (165, 95, 50), 12)
+    P.poly([(0.35, 0.62), (0.0, 0.98), (0.12, 1.0), (0.45, 0.72)], jitter(r, (70, 50, 35), 8))  # tail
     _legs(P, [0.45, 0.58], 0.78, 0.97, 0.035, (80, 60, 40))
-    P.ellipse(0.22, 0.3, 0.82, 0.84, body)
-    P.ellipse(0.42, 0.45, 0.8, 0.82, jitter(r, (215, 200, 170)), mask=False)  # pale belly
-    for _ in range(9):  # dark streaks
-        u, v = r.uniform(0.3, 0.7), r.uniform(0.4, 0.75)
-        P.line([(u, v), (u + 0.06, v + 0.08)], (60, 40, 25), 0.03, mask=False)
-    P.ellipse(0.45, 0.05, 0.85, 0.42, jitter(r, (120, 85, 55)))  # head
-    P.ellipse(0.5, 0.05, 0.78, 0.2, (110, 110, 115), mask=False)  # grey crown
+    P.ellipse(0.22, 0.3, 0.82, 0.84, back)
+    P.ellipse(0.5, 0.5, 0.82, 0.82, jitter(r, (175, 170, 160), 8), mask=False)  # grey-buff belly
+    for _ in range(5):  # dark streaks on the back
+        u, v = r.uniform(0.25, 0.45), r.uniform(0.4, 0.65)
+        P.line([(u, v), (u + 0.08, v + 0.04)], (55, 35, 20), 0.04, mask=False)
+    P.line([(0.3, 0.55), (0.5, 0.6)], (245, 245, 240), 0.05, mask=False)  # white wing bar
+    P.ellipse(0.45, 0.05, 0.85, 0.42, jitter(r, (150, 85, 45), 10))  # head
+    P.ellipse(0.47, 0.04, 0.8, 0.2, (115, 115, 120), mask=False)  # grey crown
+    P.ellipse(0.55, 0.2, 0.8, 0.36, (240, 240, 235), mask=False)  # white cheek
+    P.poly([(0.68, 0.32), (0.86, 0.3), (0.8, 0.55), (0.66, 0.5)], (15, 15, 15), mask=False)  # black bib
     P.poly([(0.83, 0.2), (1.0, 0.25), (0.83, 0.3)], (40, 35, 30))  # thin beak
-    P.ellipse(0.68, 0.17, 0.75, 0.25, (5, 5, 5), mask=False)
+    P.ellipse(0.7, 0.15, 0.77, 0.23, (5, 5, 5), mask=False)
 
 
 def draw_cattle(P: Painter):
     r = P.rng
-    holstein = r.random() < 0.5
-    base = (235, 235, 230) if holstein else jitter(r, (130, 75, 40))
+    holstein = r.random() < 0.5  # else a Hereford: deep red with a white face
+    base = (235, 235, 230) if holstein else jitter(r, (135, 45, 30), 12)
     _legs(P, [0.22, 0.32, 0.66, 0.75], 0.55, 1.0, 0.07, base)
     P.line([(0.14, 0.3), (0.06, 0.7)], base, 0.03)  # tail
     P.rect(0.14, 0.2, 0.8, 0.65, base)
-    P.rect(0.78, 0.12, 0.98, 0.45, base)  # head
+    P.rect(0.78, 0.12, 0.98, 0.45, base if holstein else (240, 238, 232))  # head
     if holstein:
         for _ in range(5):
             u, v = r.uniform(0.15, 0.7), r.uniform(0.2, 0.5)
@@ -179,10 +185,10 @@ def draw_giraffe(P: Painter):
 
 
 def draw_dikdik(P: Painter):
-    # Grey-brown body, tan head and legs, white eye ring, dark snout: two-tone and contrasted, because
-    # a plain grey-brown dikdik blended into land places (the VAE kept 71% of them recognisable).
+    # Dark chocolate body, tan head and legs, white eye ring, dark snout. A plain grey-brown dikdik blended
+    # into land places (build 4); a grey-brown body with a tan head was generated as an elephant (build 5).
     r = P.rng
-    body, tan = jitter(r, (115, 100, 90), 10), jitter(r, (205, 160, 105), 10)
+    body, tan = jitter(r, (85, 58, 42), 8), jitter(r, (205, 160, 105), 10)
     _legs(P, [0.3, 0.38, 0.6, 0.68], 0.6, 1.0, 0.05, tan)
     P.ellipse(0.22, 0.35, 0.75, 0.68, body)
     P.ellipse(0.6, 0.12, 0.98, 0.45, tan)  # big head
