@@ -103,6 +103,23 @@ def test_text_guidance_pulls_towards_the_descriptions(tiny):
     assert -1.0 <= first_cos <= 1.0
 
 
+def test_text_guidance_per_class_targets(tiny):
+    prompt = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=3, prefix="k")
+    per_class = build_loss("text_l2", per_class={"waterbird": ["snow"], "landbird": ["sand", "lake"]})
+    per_class.setup(LossResources(components=tiny))
+    for name, texts in (("waterbird", ["snow"]), ("landbird", ["sand", "lake"])):
+        alone = build_loss("text_l2", descriptions=texts)
+        alone.setup(LossResources(components=tiny))
+        inputs = LossInputs(images=torch.zeros(1, 3, 4, 4), prompt=prompt, class_names=[name])
+        assert math.isclose(per_class(inputs).item(), alone(inputs).item(), rel_tol=1e-5)
+    assert per_class(LossInputs(images=torch.zeros(1, 3, 4, 4), prompt=prompt, class_names=["waterbird"])).item() \
+        != per_class(LossInputs(images=torch.zeros(1, 3, 4, 4), prompt=prompt, class_names=["landbird"])).item()
+    with pytest.raises(ConfigError, match="no target descriptions for class 'duck'"):
+        per_class(LossInputs(images=torch.zeros(1, 3, 4, 4), prompt=prompt, class_names=["duck"]))
+    with pytest.raises(ConfigError, match="per_class\\['landbird'\\] must be a non-empty list"):
+        build_loss("text_l2", per_class={"landbird": []})
+
+
 def test_image_guidance_and_ti_denoise(tiny):
     prompt = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=2, prefix="i")
     img = build_loss("image_cosine", target_images="tiny-synth:target", clip="tiny", max_images=4)

@@ -1,7 +1,8 @@
 """Target-informed guidance terms (Feedback 2): text guidance, image guidance, TI denoising.
 
 Text guidance compares the *diffusion model's own* text encoder output for the learned prompt
-with the mean over target descriptions. Pooling (``pooling`` param): ``eos`` (default) takes the
+with the mean over target descriptions, or, with ``per_class``, over the descriptions of the prompt's
+class (e.g. land places for waterbird prompts: guidance straight to the missing combinations). Pooling (``pooling`` param): ``eos`` (default) takes the
 state at the first end-of-text token after the final layer norm, CLIP's text embedding before
 projection; ``mean`` averages the states up to and including that token.
 """
@@ -16,21 +17,31 @@ from advprompts.losses.registry import LossInputs, LossResources, LossTerm, regi
 from advprompts.prompts import encode_text, pool_text
 
 
-def _prompt_texts(inputs: LossInputs, template: str) -> list[str]:
+def _class_names(inputs: LossInputs) -> list[str | None]:
     if inputs.prompt is None:
         raise ConfigError("guidance losses need the learned prompt")
-    names = sorted(set(inputs.class_names or [None]), key=str)
-    return [inputs.prompt.text(class_name=n, template=template) for n in names]
+    return sorted(set(inputs.class_names or [None]), key=str)
+
+
+def _prompt_texts(inputs: LossInputs, template: str) -> list[str]:
+    return [inputs.prompt.text(class_name=n, template=template) for n in _class_names(inputs)]
 
 
 class _TextGuidance(LossTerm):
-    def __init__(self, descriptions: list[str], template: str = "{prompt}", pooling: str = "eos",
-                 renormalize: bool = False, std_scaling: bool = False):
-        if not descriptions or not all(isinstance(d, str) and d for d in descriptions):
-            raise ValueError("descriptions must be a non-empty list of target descriptions")
+    def __init__(self, descriptions: list[str] | None = None, template: str = "{prompt}", pooling: str = "eos",
+                 renormalize: bool = False, std_scaling: bool = False,
+                 per_class: dict[str, list[str]] | None = None):
+        groups = {None: descriptions} if descriptions is not None else {}
+        groups.update(per_class or {})
+        if not groups:
+            raise ValueError("give target descriptions (descriptions, or per_class: {class name: [...]})")
+        for key, texts in groups.items():
+            if not texts or not all(isinstance(d, str) and d for d in texts):
+                where = "descriptions" if key is None else f"per_class[{key!r}]"
+                raise ValueError(f"{where} must be a non-empty list of target descriptions")
         if pooling not in ("eos", "mean"):
             raise ValueError(f"pooling={pooling!r}; expected 'eos' or 'mean'")
-        self.descriptions, self.template, self.pooling = list(descriptions), template, pooling
+        self.groups, self.template, self.pooling = {k: list(v) for k, v in groups.items()}, template, pooling
         self.renormalize, self.std_scaling = renormalize, std_scaling
 
     def _pooled(self, texts: list[str]) -> torch.Tensor:
@@ -41,15 +52,28 @@ class _TextGuidance(LossTerm):
         if resources.components is None:
             raise ConfigError(f"loss {self.name!r} needs the diffusion components")
         self.c = resources.components
-        with torch.no_grad():
-            emb = self._pooled(self.descriptions)
-        target = emb.mean(0)
-        if self.renormalize:
-            # The mean of several directions is shorter than each; restore the typical norm.
-            target = target / target.norm() * emb.norm(dim=-1).mean()
-        self.target = target
-        # Per-dimension 1/std over the description embeddings (1 when there is only one).
-        self.scale = 1 / (emb.std(0) + 1e-3) if self.std_scaling and len(emb) > 1 else torch.ones_like(target)
+        self.targets, self.scales = {}, {}
+        for key, texts in self.groups.items():
+            with torch.no_grad():
+                emb = self._pooled(texts)
+            target = emb.mean(0)
+            if self.renormalize:
+                # The mean of several directions is shorter than each; restore the typical norm.
+                target = target / target.norm() * emb.norm(dim=-1).mean()
+            self.targets[key] = target
+            # Per-dimension 1/std over the description embeddings (1 when there is only one).
+            self.scales[key] = 1 / (emb.std(0) + 1e-3) if self.std_scaling and len(emb) > 1 else torch.ones_like(target)
+
+    def target_for(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(targets, scales), one row per class in the batch (as `_prompt_texts` orders them)."""
+        rows = []
+        for name in _class_names(inputs):
+            key = name if name in self.targets else None
+            if key not in self.targets:
+                raise ConfigError(f"text guidance has no target descriptions for class {name!r}: add it under "
+                                  f"per_class, or give shared descriptions")
+            rows.append(key)
+        return torch.stack([self.targets[k] for k in rows]), torch.stack([self.scales[k] for k in rows])
 
 
 @register_loss("text_l2")
@@ -58,7 +82,8 @@ class TextL2(_TextGuidance):
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         pooled = self._pooled(_prompt_texts(inputs, self.template))
-        return ((pooled - self.target) * self.scale).square().sum(-1).mean()
+        target, scale = self.target_for(inputs)
+        return ((pooled - target) * scale).square().sum(-1).mean()
 
 
 @register_loss("text_cosine")
@@ -67,7 +92,7 @@ class TextCosine(_TextGuidance):
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         pooled = self._pooled(_prompt_texts(inputs, self.template))
-        return -F.cosine_similarity(pooled, self.target[None], dim=-1).mean()
+        return -F.cosine_similarity(pooled, self.target_for(inputs)[0], dim=-1).mean()
 
 
 def _load_targets(spec: str, max_images: int, size: int | None) -> torch.Tensor:
