@@ -114,17 +114,17 @@ def draw_sparrow(P: Painter):
 
 
 def draw_cattle(P: Painter):
+    # Holstein black-and-white only: a plain brown cow was generated for sparrows (builds 3-5), and a
+    # Hereford (deep red, white face) took both the sparrow and the chocolate, white-eyed dikdik (build 6).
     r = P.rng
-    holstein = r.random() < 0.5  # else a Hereford: deep red with a white face
-    base = (235, 235, 230) if holstein else jitter(r, (135, 45, 30), 12)
+    base = jitter(r, (235, 235, 230), 6)
     _legs(P, [0.22, 0.32, 0.66, 0.75], 0.55, 1.0, 0.07, base)
     P.line([(0.14, 0.3), (0.06, 0.7)], base, 0.03)  # tail
     P.rect(0.14, 0.2, 0.8, 0.65, base)
-    P.rect(0.78, 0.12, 0.98, 0.45, base if holstein else (240, 238, 232))  # head
-    if holstein:
-        for _ in range(5):
-            u, v = r.uniform(0.15, 0.7), r.uniform(0.2, 0.5)
-            P.ellipse(u, v, u + r.uniform(0.1, 0.2), v + r.uniform(0.1, 0.2), (25, 25, 25), mask=False)
+    P.rect(0.78, 0.12, 0.98, 0.45, base)  # head
+    for _ in range(int(r.integers(4, 7))):
+        u, v = r.uniform(0.15, 0.7), r.uniform(0.2, 0.5)
+        P.ellipse(u, v, u + r.uniform(0.1, 0.2), v + r.uniform(0.1, 0.2), (25, 25, 25), mask=False)
     P.line([(0.82, 0.13), (0.78, 0.0)], (220, 210, 180), 0.03)  # horns
     P.line([(0.94, 0.13), (0.98, 0.0)], (220, 210, 180), 0.03)
     P.rect(0.92, 0.32, 1.0, 0.45, jitter(r, (200, 140, 140)))  # muzzle

@@ -34,8 +34,8 @@ class ZooRecipe:
     seed: int = 0
     corpus_size: int = 60_000
     # Build 5 took 94.4 min on the 2-core reference machine, 4.3 min above build 4 with the same steps, and
-    # during build 6 CLIP steps ran another 14% slower (host noise): build 6 trims CLIP, VAE-crop, UNet
-    # and oracle steps so that the build stays within 90 min on a slow day.
+    # during build 6 CLIP steps ran another 14% slower (host noise): fewer CLIP, VAE-crop, UNet and oracle
+    # steps keep the build within 90 min on a slow day (build 6: 80.5 min with 3400 UNet steps).
     clip_steps: int = 820
     clip_batch: int = 192
     # VAE: 1500 steps on object-centred 32 px crops (the VAE is fully convolutional), then 500 on full
@@ -47,7 +47,7 @@ class ZooRecipe:
     vae_crop_steps: int = 1500
     vae_crop_batch: int = 64
     vae_object_weight: float = 4.0  # extra reconstruction weight on (dilated) object pixels
-    unet_steps: int = 3400
+    unet_steps: int = 3600
     unet_batch: int = 64
     unet_lr: float = 6e-4
     unet_object_weight: float = 4.0  # extra loss weight on latent pixels covered by the object mask
