@@ -87,8 +87,11 @@ def test_experiment_cells_results_report_and_resume(bench_dir, tmp_path, tiny):
     after = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
     assert {k for k in after if after[k] != before.get(k)} == {"agnostic-n2-s0.json"}
     assert len(rows2) == len(rows)
-    report = write_report(out, cfg, components=tiny)
+    from advprompts.zoo.oracle import Oracle
+
+    report = write_report(out, cfg, components=tiny, oracle=Oracle().eval())
     text = report.read_text()
+    assert "absent from train (train holds only landbird-land, waterbird-water)" in text
     assert "| ap | 4 | 1 |" in text and (out / "figures" / "accuracy_vs_extra.png").is_file()
     assert "## Learned prompts" in text and (out / "figures" / "grid_ap-s0.png").is_file()
 

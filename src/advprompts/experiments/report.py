@@ -193,7 +193,8 @@ def write_report(out: str | Path, config, components=None, oracle=None) -> Path:
             train_groups = train_group_set(root)
             lines += ["Composition judged by the oracle (trained on renderer ground truth): the share of images "
                       "whose object is the labelled class (faithfulness), the share in (class, place type) "
-                      f"combinations absent from train ({sorted(train_groups)}), and the share per group.", "",
+                      "combinations absent from train (train holds only "
+                      f"{', '.join('-'.join(g) for g in sorted(train_groups))}), and the share per group.", "",
                       "| set | images | faithfulness | in missing groups | groups |", "|---|---|---|---|---|"]
             for pool in pools:
                 comp = composition(pool, bench, train_groups, oracle)
