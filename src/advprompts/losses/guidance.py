@@ -2,9 +2,10 @@
 
 Text guidance compares the *diffusion model's own* text encoder output for the learned prompt
 with the mean over target descriptions, or, with ``per_class``, over the descriptions of the prompt's
-class (e.g. land places for waterbird prompts: guidance straight to the missing combinations). Pooling (``pooling`` param): ``eos`` (default) takes the
-state at the first end-of-text token after the final layer norm, CLIP's text embedding before
-projection; ``mean`` averages the states up to and including that token.
+class (e.g. land places for waterbird prompts: guidance straight to the missing combinations).
+Pooling (``pooling`` param): ``eos`` (default) takes the state at the first end-of-text token after
+the final layer norm, CLIP's text embedding before projection; ``mean`` averages the states up to
+and including that token.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def draw_duck(P: Painter):
 
 
 def draw_sparrow(P: Painter):
-    # House-sparrow marks (grey crown, white cheek, black bib, white wing bar) on a buff back with dark
+    # House-sparrow marks (grey crown, white cheek, black bib, white wing bar) on a rufous back with dark
     # streaks: the earlier plain brown sparrow with a pale, dark-spotted belly read as a brown cow after
     # the VAE and the tiny CLIP put "sparrow" next to "cattle" (builds 3-5).
     r = P.rng
