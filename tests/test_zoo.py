@@ -22,6 +22,7 @@ def test_tiny_build_is_a_diffusers_pipeline_and_resumes_identically(tmp_path, mo
 
     out = build(tmp_path / "zoo", tmp_path / "work", TINY, dtype=torch.float32)
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["device"] == "cpu" and manifest["recipe"]["device"] == "cpu"
     pipe = StableDiffusionPipeline.from_pretrained(out / "sd")
     pipe.set_progress_bar_config(disable=True)
     img = pipe("a photo of a duck in a lake", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
@@ -75,6 +76,17 @@ def test_stage_times_add_up_across_an_interrupted_and_a_resumed_run(tmp_path, mo
     with timer.stage("oracle_s"):
         pass
     assert timer.summary() == {"unet_s": 50.5, "oracle_s": 1.0, "total_s": 51.5}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_build_refuses_a_missing_gpu_before_writing(tmp_path):
+    from dataclasses import replace
+
+    from advprompts.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="device 'cuda' is not available on this machine; build with --device cpu"):
+        build(tmp_path / "zoo", tmp_path / "work", replace(TINY, device="cuda"))
+    assert not (tmp_path / "work").exists()
 
 
 shipped = pytest.mark.skipif(not (zoo_dir() / "manifest.json").exists(), reason="no embedded weights in this tree")

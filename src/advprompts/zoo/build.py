@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from advprompts.errors import ConfigError
 from advprompts.hardware import cpu_name
 from advprompts.zoo.architectures import sample_scheduler
 from advprompts.zoo.corpus import render_corpus
@@ -105,6 +106,8 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
     from safetensors.torch import save_file
     from transformers import CLIPTokenizer
 
+    if recipe.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {recipe.device!r} is not available on this machine; build with --device cpu")
     work.mkdir(parents=True, exist_ok=True)
     log_file = work / "train_log.csv"
     timer = StageTimes(work / "stage_times.json")
@@ -137,14 +140,15 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
     with timer.stage("backbone_s"):  # the analogue of ImageNet weights for the task models
         backbone = train_task_backbone(corpus, recipe, work)
     with timer.stage("save_s"):
+        clip, vae, unet, oracle = (m.cpu() for m in (clip, vae, unet, oracle))
         save_models(out, clip, tokenizer, vae, unet, oracle, dtype)
         if inpaint_unet is not None:  # sd/unet_inpaint: swap it into StableDiffusionInpaintPipeline
-            inpaint_unet.to(dtype=dtype).save_pretrained(out / "sd" / "unet_inpaint", safe_serialization=True)
+            inpaint_unet.to("cpu", dtype=dtype).save_pretrained(out / "sd" / "unet_inpaint", safe_serialization=True)
         (out / "task").mkdir(exist_ok=True)
         save_file(backbone, str(out / "task" / "small_cnn.safetensors"))
     times = timer.summary()
     write_manifest(out, recipe, {"build_times_s": times, "bf16_autocast": use_bf16(recipe),
-                                 "cpu": cpu_name(), "threads": torch.get_num_threads(),
+                                 "device": recipe.device, "cpu": cpu_name(), "threads": torch.get_num_threads(),
                                  "dtype": str(dtype).replace("torch.", "")})
     logger.info("zoo built in %.1f min -> %s", times["total_s"] / 60, out)
     return out

@@ -51,12 +51,13 @@ def train_loop(name: str, model: torch.nn.Module, params, step_fn: Callable[[int
     """Run `steps` optimisation steps of `step_fn(step) -> {"loss": tensor, ...}`, resumable.
 
     `step_fn` must draw its batch from `step` alone, so a resumed run equals an uninterrupted one.
-    With `bf16`, `step_fn` runs under CPU bf16 autocast (weights and optimiser stay float32).
+    With `bf16`, `step_fn` runs under bf16 autocast on the model's device (weights and optimiser stay float32).
     """
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    device = next(model.parameters()).device
     start = 0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         if ema is not None:
@@ -72,7 +73,7 @@ def train_loop(name: str, model: torch.nn.Module, params, step_fn: Callable[[int
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr * cosine_lr(step, steps, warmup)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = step_fn(step)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()

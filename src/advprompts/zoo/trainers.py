@@ -70,10 +70,15 @@ class ZooRecipe:
     # oracle 1.51 -> 0.47 (with channels_last); CLIP 0.74 -> 0.74, so it stays in float32. Without
     # native bf16 the emulation is many times slower: "auto" then means float32.
     bf16: str = "auto"  # "auto", "on" or "off"
+    # Where to train. The committed models and their timings are from "cpu"; on "cuda" the same recipe
+    # (same batches, seeds on the CPU) gives different weights: float rounding differs between devices.
+    device: str = "cpu"
 
 
 def use_bf16(recipe: ZooRecipe) -> bool:
     if recipe.bf16 == "auto":
+        if recipe.device.startswith("cuda"):
+            return torch.cuda.is_bf16_supported()
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return recipe.bf16 == "on"
 
@@ -111,7 +116,8 @@ def caption_match(caps: list[Caption], corpus: Corpus, idx: np.ndarray) -> torch
 
 def train_clip(corpus: Corpus, tokenizer, recipe: ZooRecipe, work: Path, log_file: Path):
     """Contrastive CLIP; a caption matches every image agreeing with what the caption says."""
-    model = make_clip(recipe.seed)
+    dev = recipe.device
+    model = make_clip(recipe.seed).to(dev)
     tok = Tokenize(tokenizer)
 
     def step_fn(step):
@@ -122,8 +128,8 @@ def train_clip(corpus: Corpus, tokenizer, recipe: ZooRecipe, work: Path, log_fil
         # The text tower is causal and pools at the first EOS, so the padding after the batch's longest
         # caption changes nothing: cut it (about 10% of a step).
         ids = ids[:, : int((ids == tokenizer.eos_token_id).int().argmax(1).max()) + 1]
-        out = model(input_ids=ids, pixel_values=clip_pixels(corpus.image_batch(idx)))
-        match = caption_match(caps, corpus, idx)
+        out = model(input_ids=ids.to(dev), pixel_values=clip_pixels(corpus.image_batch(idx)).to(dev))
+        match = caption_match(caps, corpus, idx).to(dev)
         lt = -(F.log_softmax(out.logits_per_text, 1) * match / match.sum(1, keepdim=True)).sum(1).mean()
         mi = match.t()
         li = -(F.log_softmax(out.logits_per_image, 1) * mi / mi.sum(1, keepdim=True)).sum(1).mean()
@@ -161,7 +167,7 @@ def _reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
 
 
 def train_vae(corpus: Corpus, recipe: ZooRecipe, work: Path, log_file: Path):
-    vae = make_vae(recipe.seed)
+    vae = make_vae(recipe.seed).to(recipe.device)
     centres = _object_centres(corpus.masks)
     masks = torch.from_numpy(corpus.masks)
 
@@ -178,6 +184,7 @@ def train_vae(corpus: Corpus, recipe: ZooRecipe, work: Path, log_file: Path):
                               random_corner)
             x = torch.stack([x[i, :, r:r + 32, c:c + 32] for i, (r, c) in enumerate(corner)])
             m = torch.stack([m[i, :, r:r + 32, c:c + 32] for i, (r, c) in enumerate(corner)])
+        x, m = x.to(recipe.device), m.to(recipe.device)
         weight = 1 + recipe.vae_object_weight * F.max_pool2d(m, 3, 1, 1)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=torch.Generator().manual_seed(step))).sample.float()
@@ -194,9 +201,10 @@ def train_vae(corpus: Corpus, recipe: ZooRecipe, work: Path, log_file: Path):
 def encode_latents(vae, corpus: Corpus, batch: int = 500, bf16: bool = False) -> torch.Tensor:
     """Posterior means of the whole corpus (the KL weight is tiny, so the posterior std is too), under
     the autocast the VAE was trained with."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        out = [vae.encode(corpus.image_batch(np.arange(i, min(i + batch, len(corpus))))).latent_dist.mean.float()
-               for i in range(0, len(corpus), batch)]
+    dev = next(vae.parameters()).device
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        out = [vae.encode(corpus.image_batch(np.arange(i, min(i + batch, len(corpus)))).to(dev)).latent_dist.mean
+               .float().cpu() for i in range(0, len(corpus), batch)]
     return torch.cat(out)
 
 
@@ -215,23 +223,25 @@ class _NoisePrediction:
         c = self.corpus.captions(idx, rng)
         texts = [x.text if rng.random() >= self.recipe.caption_dropout else "" for x in c]
         with torch.no_grad():
-            return self.text_encoder(self.tok(texts))[0]
+            return self.text_encoder(self.tok(texts).to(self.recipe.device))[0]
 
     def loss(self, model, z0: torch.Tensor, cond: torch.Tensor, rng: np.random.Generator,
              extra: torch.Tensor | None = None, pixel_w: torch.Tensor | float = 1.0) -> torch.Tensor:
-        g = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
-        noise = torch.randn(z0.shape, generator=g)
+        g = torch.Generator().manual_seed(int(rng.integers(1 << 62)))  # noise drawn on the CPU: any device
+        dev = self.recipe.device
+        noise = torch.randn(z0.shape, generator=g).to(dev)
         t = torch.randint(0, self.sched.config.num_train_timesteps, (len(z0),), generator=g)
+        w = (torch.clamp(self.snr[t], max=5.0) / self.snr[t]).to(dev)
+        t, z0 = t.to(dev), z0.to(dev)
         x = self.sched.add_noise(z0, noise, t)
         pred = model(x if extra is None else torch.cat([x, extra], 1), t, cond).sample.float()
-        w = torch.clamp(self.snr[t], max=5.0) / self.snr[t]
         return (w * ((pred - noise).pow(2) * pixel_w).mean((1, 2, 3))).mean()
 
 
 def train_unet(corpus: Corpus, latents: torch.Tensor, text_encoder, tokenizer, recipe: ZooRecipe, work: Path,
                log_file: Path):
     """The text-to-image UNet, with object pixels weighted up."""
-    unet = make_unet(recipe.seed)
+    unet = make_unet(recipe.seed).to(recipe.device)
     ema = EMA(unet, 0.999)
     objective = _NoisePrediction(corpus, text_encoder, tokenizer, recipe)
     # Objects cover a few percent of the image, so the plain loss is dominated by backgrounds.
@@ -241,7 +251,7 @@ def train_unet(corpus: Corpus, latents: torch.Tensor, text_encoder, tokenizer, r
         rng = _batch_rng(recipe.seed, 3, step)
         idx = rng.integers(0, len(corpus), recipe.unet_batch)
         cond = objective.text(idx, rng)
-        pixel_w = 1 + recipe.unet_object_weight * obj_cover[idx]
+        pixel_w = (1 + recipe.unet_object_weight * obj_cover[idx]).to(recipe.device)
         return {"loss": objective.loss(unet, latents[idx], cond, rng, pixel_w=pixel_w)}
 
     train_loop("unet", unet, unet.parameters(), step_fn, recipe.unet_steps, lr=recipe.unet_lr, ckpt=work / "unet.pt",
@@ -274,6 +284,7 @@ def train_inpaint_unet(corpus: Corpus, latents: torch.Tensor, vae, unet, text_en
     w = state["conv_in.weight"]
     state["conv_in.weight"] = torch.cat([w, torch.zeros(w.shape[0], 5, *w.shape[2:])], 1)
     inpaint.load_state_dict(state)
+    inpaint.to(recipe.device)
     ema = EMA(inpaint, 0.999)
     objective = _NoisePrediction(corpus, text_encoder, tokenizer, recipe)
     vae.requires_grad_(False)
@@ -284,9 +295,10 @@ def train_inpaint_unet(corpus: Corpus, latents: torch.Tensor, vae, unet, text_en
         rng = _batch_rng(recipe.seed, 6, step)
         idx = rng.integers(0, len(corpus), recipe.inpaint_batch)
         cond = objective.text(idx, rng)
-        repaint = _repaint_masks(masks[idx].float()[:, None] / 255, rng)
+        repaint = _repaint_masks(masks[idx].float()[:, None] / 255, rng).to(recipe.device)
         with torch.no_grad():  # as diffusers' StableDiffusionInpaintPipeline prepares its inputs
-            masked = vae.encode(corpus.image_batch(idx) * (repaint < 0.5)).latent_dist.mean.float() * scaling
+            masked = vae.encode(corpus.image_batch(idx).to(recipe.device) * (repaint < 0.5)).latent_dist.mean.float()
+            masked = masked * scaling
         extra = torch.cat([F.interpolate(repaint, size=masked.shape[-2:]), masked], 1)
         return {"loss": objective.loss(inpaint, latents[idx], cond, rng, extra=extra)}
 
@@ -311,11 +323,11 @@ def train_task_backbone(corpus: Corpus, recipe: ZooRecipe, work: Path) -> dict:
         data = Tensors(torch.from_numpy(corpus.images[idx]).permute(0, 3, 1, 2).float() / 255,
                        torch.from_numpy(corpus.obj[idx]).long())
         torch.manual_seed(recipe.seed)
-        model = train_classifier(load_task_model("small_cnn", int(corpus.obj.max()) + 1), data,
+        model = train_classifier(load_task_model("small_cnn", int(corpus.obj.max()) + 1).to(recipe.device), data,
                                  TrainRecipe(epochs=recipe.backbone_epochs, lr=3e-3, batch_size=128), seed=recipe.seed,
                                  progress=True, desc="task backbone")
         head = f"{len(model.net) - 1}."  # the final Linear: the benchmark's task gets a new one
-        state = {k: v.contiguous() for k, v in model.net.state_dict().items() if not k.startswith(head)}
+        state = {k: v.cpu().contiguous() for k, v in model.net.state_dict().items() if not k.startswith(head)}
         save_file(state, str(path))
     return load_file(str(path))
 
@@ -323,7 +335,7 @@ def train_task_backbone(corpus: Corpus, recipe: ZooRecipe, work: Path) -> dict:
 def train_oracle(corpus: Corpus, recipe: ZooRecipe, work: Path, log_file: Path) -> Oracle:
     """Oracle on renders, with blur and noise so that it judges soft generations fairly."""
     bf16 = use_bf16(recipe)
-    oracle = Oracle().to(memory_format=torch.channels_last) if bf16 else Oracle()
+    oracle = (Oracle().to(memory_format=torch.channels_last) if bf16 else Oracle()).to(recipe.device)
 
     def step_fn(step):
         rng = _batch_rng(recipe.seed, 4, step)
@@ -334,7 +346,9 @@ def train_oracle(corpus: Corpus, recipe: ZooRecipe, work: Path, log_file: Path) 
             x = F.avg_pool2d(F.interpolate(x, scale_factor=2, mode="bilinear"), 2, 2) if rng.random() < 0.5 else \
                 F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="bilinear")
         x = x + torch.randn(x.shape, generator=g) * float(rng.uniform(0, 0.08))
-        obj, place, night = (torch.from_numpy(a[idx]).long() for a in (corpus.obj, corpus.place, corpus.night))
+        obj, place, night = (torch.from_numpy(a[idx]).long().to(recipe.device)
+                             for a in (corpus.obj, corpus.place, corpus.night))
+        x = x.to(recipe.device)
         if bf16:
             x = x.contiguous(memory_format=torch.channels_last)
         return {"loss": oracle.loss(x, obj, place, night)}

@@ -17,14 +17,17 @@ app = typer.Typer(help=__doc__.splitlines()[0], no_args_is_help=True)
 def build(out: Annotated[Path, typer.Option(help="Where to write sd/, clip/, oracle/.")] = Path("runs/zoo"),
           work: Annotated[Path, typer.Option(help="Checkpoints and caches; rerun to resume.")] = Path("runs/zoo-work"),
           bpe: Annotated[Optional[Path], typer.Option(help="CLIP bpe_simple_vocab_16e6.txt.gz (default: "
-                                                     "open_clip's, else the committed tokenizer).")] = None):
+                                                     "open_clip's, else the committed tokenizer).")] = None,
+          device: Annotated[str, typer.Option(help="Train on this device, e.g. cuda (the committed models are "
+                                                   "from cpu; other devices give other weights).")] = "cpu"):
     """Retrain every embedded model from scratch (deterministic, resumable; about 90 min on 2 cores)."""
     import logging
 
     from advprompts.zoo.build import build as build_zoo
+    from advprompts.zoo.trainers import ZooRecipe
 
     logging.getLogger("advprompts").setLevel(logging.INFO)
-    typer.echo(f"zoo written to {build_zoo(out, work, bpe=bpe)}")
+    typer.echo(f"zoo written to {build_zoo(out, work, ZooRecipe(device=device), bpe=bpe)}")
 
 
 @app.command("check")
