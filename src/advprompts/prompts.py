@@ -161,7 +161,10 @@ class LearnablePrompt(torch.nn.Module):
             text_encoder.get_input_embeddings().weight.requires_grad_(trainable)
         if embeddings is None:
             embeddings = self._initial(init, seed)
-        self.embeddings = torch.nn.Parameter(embeddings.detach().to(torch.float32).clone())
+        # On the text encoder's device: the splice hook indexes these rows with its input ids (a prompt
+        # loaded from a file for generation on a GPU was left on the CPU).
+        device = text_encoder.get_input_embeddings().weight.device
+        self.embeddings = torch.nn.Parameter(embeddings.detach().to(device=device, dtype=torch.float32).clone())
         _embeddings_module(text_encoder)._advprompts_prompts[prefix] = self
         self.sync_rows()
 
