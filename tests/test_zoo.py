@@ -84,7 +84,7 @@ def test_build_refuses_a_missing_gpu_before_writing(tmp_path):
 
     from advprompts.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="device 'cuda' is not available on this machine; build with --device cpu"):
+    with pytest.raises(ConfigError, match="device 'cuda' is requested but no CUDA device is visible; use cpu or auto"):
         build(tmp_path / "zoo", tmp_path / "work", replace(TINY, device="cuda"))
     assert not (tmp_path / "work").exists()
 

@@ -80,9 +80,13 @@ class _Job:
 
 
 def resolve_device(spec: str) -> torch.device:
+    """``auto`` (CUDA when visible), ``cpu`` or ``cuda[:N]``; a CUDA device this machine lacks is a ConfigError."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} is requested but no CUDA device is visible; use cpu or auto")
+    return device
 
 
 def step_generator(*keys: int) -> torch.Generator:

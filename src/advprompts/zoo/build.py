@@ -15,12 +15,11 @@ import logging
 import platform
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from advprompts.errors import ConfigError
 from advprompts.hardware import cpu_name
 from advprompts.zoo.architectures import sample_scheduler
 from advprompts.zoo.corpus import render_corpus
@@ -106,8 +105,11 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
     from safetensors.torch import save_file
     from transformers import CLIPTokenizer
 
-    if recipe.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {recipe.device!r} is not available on this machine; build with --device cpu")
+    from advprompts.optimize import resolve_device
+
+    # "auto" becomes the device it picks (recorded in the manifest); a missing GPU fails here, before
+    # anything is written.
+    recipe = replace(recipe, device=str(resolve_device(recipe.device)))
     work.mkdir(parents=True, exist_ok=True)
     log_file = work / "train_log.csv"
     timer = StageTimes(work / "stage_times.json")

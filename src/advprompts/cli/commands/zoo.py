@@ -18,8 +18,8 @@ def build(out: Annotated[Path, typer.Option(help="Where to write sd/, clip/, ora
           work: Annotated[Path, typer.Option(help="Checkpoints and caches; rerun to resume.")] = Path("runs/zoo-work"),
           bpe: Annotated[Optional[Path], typer.Option(help="CLIP bpe_simple_vocab_16e6.txt.gz (default: "
                                                      "open_clip's, else the committed tokenizer).")] = None,
-          device: Annotated[str, typer.Option(help="Train on this device, e.g. cuda (the committed models are "
-                                                   "from cpu; other devices give other weights).")] = "cpu"):
+          device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto (the committed models are from "
+                                                   "cpu; other devices give other weights).")] = "cpu"):
     """Retrain every embedded model from scratch (deterministic, resumable; about 90 min on 2 cores)."""
     import logging
 
