@@ -78,6 +78,45 @@ def test_stage_times_add_up_across_an_interrupted_and_a_resumed_run(tmp_path, mo
     assert timer.summary() == {"unet_s": 50.5, "oracle_s": 1.0, "total_s": 51.5}
 
 
+def test_stage_times_survive_a_killed_build(tmp_path):
+    """SIGKILL skips `finally`: the heartbeat must already have written the stage's running time."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (f"import time; from pathlib import Path; from advprompts.zoo.build import StageTimes\n"
+              f"with StageTimes(Path({str(tmp_path / 't.json')!r}), flush_every=0.2).stage('unet_s'):\n"
+              f"    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 30
+    while time.time() < deadline and not (tmp_path / "t.json").exists():
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    recorded = StageTimes(tmp_path / "t.json").times["unet_s"]
+    assert 0.8 <= recorded <= 30
+
+
+def test_training_log_seconds_continue_across_a_resume(tmp_path, monkeypatch):
+    from advprompts.zoo.train_common import train_loop
+
+    ticks = iter(range(10**6))  # a clock that advances one second per call
+    monkeypatch.setattr("advprompts.zoo.train_common.time.time", lambda: float(next(ticks)))
+    model = torch.nn.Linear(2, 1)
+
+    def step_fn(step):
+        return {"loss": model(torch.ones(1, 2)).square().sum()}
+
+    log = tmp_path / "log.csv"
+    for steps in (50, 100):  # the second call resumes from the first one's checkpoint
+        train_loop("m", model, model.parameters(), step_fn, steps, 1e-3, tmp_path / "m.pt", warmup=1,
+                   ckpt_every=50, log_file=log)
+    first, second = (float(line.split(",")[2]) for line in log.read_text().splitlines())
+    assert second > 1.8 * first  # counted from the first run's start, not from the resume
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_build_refuses_a_missing_gpu_before_writing(tmp_path):
     from dataclasses import replace

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import platform
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from advprompts.hardware import cpu_name
+from advprompts.rundir import atomic_write_text
 from advprompts.zoo.architectures import sample_scheduler
 from advprompts.zoo.corpus import render_corpus
 from advprompts.zoo.tokenizer import write_tokenizer_files
@@ -80,20 +82,37 @@ def save_models(out: Path, clip, tokenizer, vae, unet, oracle, dtype: torch.dtyp
 
 
 class StageTimes:
-    """Seconds spent per stage, kept in the work folder: a resumed build reports its real total."""
+    """Seconds spent per stage, kept in the work folder: a resumed build reports its real total.
 
-    def __init__(self, path: Path):
-        self.path = path
+    A running stage rewrites its figure every `flush_every` seconds, so a build killed outright
+    (SIGKILL, a closed session) loses at most that much of its time.
+    """
+
+    def __init__(self, path: Path, flush_every: float = 30.0):
+        self.path, self.flush_every = path, flush_every
         self.times: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
 
     @contextmanager
     def stage(self, name: str):
-        t = time.time()
+        t, before = time.time(), self.times.get(name, 0.0)
+
+        def flush():
+            self.times[name] = round(before + time.time() - t, 1)
+            atomic_write_text(self.path, json.dumps(self.times, indent=2))
+
+        def heartbeat():
+            while not stop.wait(self.flush_every):
+                flush()
+
+        stop = threading.Event()
+        beat = threading.Thread(target=heartbeat, daemon=True)
+        beat.start()
         try:
             yield
         finally:  # an interrupted stage still counts the time it ran
-            self.times[name] = round(self.times.get(name, 0.0) + time.time() - t, 1)
-            self.path.write_text(json.dumps(self.times, indent=2))
+            stop.set()
+            beat.join()
+            flush()
 
     def summary(self) -> dict[str, float]:
         return {**self.times, "total_s": round(sum(self.times.values()), 1)}

@@ -55,21 +55,21 @@ def train_loop(name: str, model: torch.nn.Module, params, step_fn: Callable[[int
     """
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     device = next(model.parameters()).device
-    start = 0
+    start, elapsed = 0, 0.0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        start = state["step"]
+        start, elapsed = state["step"], state.get("elapsed", 0.0)
         logger.info("%s: resumed at step %d", name, start)
     if start >= steps:
         return
     model.train()
     bar = tqdm(range(start, steps), desc=name, initial=start, total=steps, mininterval=10)
     running: dict[str, float] = {}
-    t0 = time.time()
+    t0 = time.time() - elapsed  # the log's seconds count the runs before a resume too
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr * cosine_lr(step, steps, warmup)
@@ -91,7 +91,8 @@ def train_loop(name: str, model: torch.nn.Module, params, step_fn: Callable[[int
                     f.write(f"{name},{step + 1},{time.time() - t0:.1f}," +
                             ",".join(f"{k}={v:.5f}" for k, v in running.items()) + "\n")
         if (step + 1) % ckpt_every == 0 or step + 1 == steps:
-            state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1}
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                     "elapsed": time.time() - t0}
             if ema is not None:
                 state["ema"] = ema.state_dict()
             tmp = ckpt.with_suffix(".tmp")
