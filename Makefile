@@ -23,19 +23,9 @@ setup: $(STAMP)
 test: setup
 	$(BIN)/python -m pytest
 
-# The closed loop on the embedded benchmark (`advprompts demo`) needs the embedded weights (or
-# ADVPROMPTS_ZOO_DIR pointing to a `zoo build`); until they are shipped, the quickest real
-# end-to-end run on tiny random models: GAP optimisation, then label-preserving generation.
+# The closed loop on the embedded benchmark with the shipped models (ADVPROMPTS_ZOO_DIR: another build).
 demo: setup
-	@if [ -f "$${ADVPROMPTS_ZOO_DIR:-src/advprompts/zoo/embedded}/manifest.json" ]; then \
-		$(BIN)/advprompts demo --out runs/demo; \
-	else \
-		echo "embedded weights not shipped yet: running the engine on tiny random models instead"; \
-		$(BIN)/advprompts optimize --config tiny-gap --out runs/demo/gap --overwrite && \
-		$(BIN)/advprompts generate --model tiny --source tiny-synth:train --prompt-file runs/demo/gap/prompt_c0-s0.safetensors \
-			--prompt-file runs/demo/gap/prompt_c1-s0.safetensors --steps 2 --guidance-scale 3 --out runs/demo/generated --overwrite && \
-		echo "demo outputs: runs/demo/gap (prompts, log.csv) and runs/demo/generated (images/ + metadata.csv)"; \
-	fi
+	$(BIN)/advprompts demo --out runs/demo
 
 clean:
 	rm -rf $(VENV) runs
