@@ -93,3 +93,22 @@ def test_cli_data_export_and_errors(tmp_path):
     r = CliRunner().invoke(app, ["data", "export", "nope", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "unknown benchmark 'nope'" in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_benchmark_cache_is_keyed_by_the_renderer_code(tmp_path, monkeypatch):
+    from advprompts.world import benchmarks
+
+    exports = []
+
+    def fake_export(bench, out):
+        exports.append(out)
+        out.mkdir(parents=True)
+        (out / "metadata.csv").write_text("file_name\n")
+        return out
+
+    monkeypatch.setenv("ADVPROMPTS_CACHE", str(tmp_path))
+    monkeypatch.setattr(benchmarks, "export_benchmark", fake_export)
+    first = benchmarks.cached_export("waterbirds-synth")
+    assert benchmarks.cached_export("waterbirds-synth") == first and len(exports) == 1  # reused
+    monkeypatch.setattr(benchmarks, "renderer_fingerprint", lambda: "a changed renderer")
+    assert benchmarks.cached_export("waterbirds-synth") != first and len(exports) == 2  # rendered anew

@@ -161,10 +161,22 @@ def export_benchmark(bench: Benchmark, out: Path, splits: list[str] | None = Non
     return out
 
 
+def renderer_fingerprint() -> str:
+    """A hash of the code that turns a benchmark file into pixels, masks and captions."""
+    folder = Path(__file__).parent
+    digest = hashlib.sha256()
+    for module in ("benchmarks.py", "render.py", "objects.py", "places.py", "captions.py"):
+        digest.update((folder / module).read_bytes())
+    return digest.hexdigest()
+
+
 def cached_export(name: str) -> Path:
-    """The exported folder of a shipped benchmark, rendered on first use into the cache."""
+    """The exported folder of a shipped benchmark, rendered on first use into the cache.
+
+    The key covers the renderer's code as well as the benchmark file: a changed object look must not
+    reuse renders of the old one (a stale cache once paired new zoo models with old sparrows)."""
     bench = load_benchmark(name)
-    key = hashlib.sha256(yaml.safe_dump(bench.model_dump()).encode()).hexdigest()[:12]
+    key = hashlib.sha256((yaml.safe_dump(bench.model_dump()) + renderer_fingerprint()).encode()).hexdigest()[:12]
     root = Path(os.environ.get("ADVPROMPTS_CACHE", Path.home() / ".cache" / "advprompts")) / "benchmarks"
     out = root / f"{name}-{key}"
     return out if (out / "metadata.csv").exists() else export_benchmark(bench, out)
