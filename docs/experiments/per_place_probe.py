@@ -19,7 +19,7 @@ import torch
 from advprompts.experiments.config import load_experiment_config
 from advprompts.experiments.pools import load_pool
 from advprompts.experiments.runner import ExperimentRunner
-from advprompts.tasks.train import Tensors, train_classifier
+from advprompts.tasks.train import Tensors, predict, train_classifier
 from advprompts.world.benchmarks import cached_export
 
 torch.set_num_threads(2)
@@ -34,13 +34,10 @@ for method in methods:
         pool = load_pool(Path(out) / "pools" / f"{method}-s0", 0, cfg.max_extra, runner.task_size)
         train_classifier(model, Tensors.concat([runner.train_data, pool]), cfg.finetune, seed=1, augment="none",
                          progress=False)
-    model.eval()
     data = runner.eval_data
     assert list(data.groups) == list(groups), "the evaluation split is not in metadata order"
     with torch.no_grad():
-        x = data.images.float() / 255 if data.images.dtype == torch.uint8 else data.images
-        pred = torch.cat([model(x[i:i + 256].to(runner.device)).argmax(1).cpu() for i in range(0, len(x), 256)])
-    right = (pred.numpy() == data.labels.numpy())
+        right = (predict(model, data.images) == data.labels).numpy()
     for group in ("waterbird-land", "landbird-water"):
         per_place = {str(p): round(float(right[(groups == group) & (places == p)].mean()), 2)
                      for p in sorted(set(places[groups == group]))}
