@@ -118,6 +118,31 @@ def test_loop_iterates_and_resumes(bench_dir, tmp_path, tiny):
     assert again == rows
 
 
+def test_per_group_prompts_and_transfer_rows(tmp_path, tiny):
+    """wildcam-synth's shape: one GAP per target group, each guided by that group's own unlabelled images,
+    and transfer rows (the same extra data fine-tuning another architecture)."""
+    spec = dict(SMALL_BENCH, target_split="target")
+    spec["splits"] = dict(SMALL_BENCH["splits"], target=dict(SMALL_BENCH["splits"]["ood_pool"], size=4))
+    bench = export_benchmark(Benchmark(**spec), tmp_path / "bench-t")
+    cfg = _config(bench, target_split="target", max_extra=4, budgets=[1.0], transfer=["resnet18"],
+                  transfer_methods=["gap"], methods={
+                      "no_extra": {"kind": "no_extra"},
+                      "gap": {"kind": "optimized", "optimize": "tiny-gap", "per_group": True, "set": ["optim.steps=1"]}})
+    out = tmp_path / "pg"
+    rows = ExperimentRunner(cfg, out, components=tiny, progress=False).run()
+    groups = ["landbird-water", "waterbird-land"]
+    for group in groups:
+        run = yaml.safe_load((out / "prompts" / "gap-s0" / group / "config.yaml").read_text())
+        image_loss = next(loss for loss in run["losses"] if loss["name"] == "image_cosine")
+        folder = out / "targets" / group
+        assert image_loss["params"]["target_images"] == str(folder)
+        assert len(list(folder.iterdir())) == 2  # the group's own target images, nothing else
+    with open(out / "pools" / "gap-s0" / "metadata.csv", newline="") as f:
+        used = {r["prompt_file"] for r in csv.DictReader(f)}
+    assert {g for g in groups if any(f"/{g}/" in u or f"-{g}" in u for u in used)} == set(groups)
+    assert sorted(r["method"] for r in rows) == ["gap", "gap->resnet18", "no_extra"]
+
+
 def test_presets_validate():
     for name in ("waterbirds-synth", "demo", "demo-quick", "wildcam-synth", "waterbirds-sd15"):
         cfg = load_experiment_config(name)
