@@ -120,6 +120,42 @@ def test_text_guidance_per_class_targets(tiny):
         build_loss("text_l2", per_class={"landbird": []})
 
 
+def test_text_guidance_spread_gives_each_prompt_its_own_description(tiny):
+    prompt = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=3, prefix="p")
+    spread = build_loss("text_l2", per_class={"waterbird": ["snow", "sand", "lake"]}, spread=True)
+    spread.setup(LossResources(components=tiny))
+    for slot, text in enumerate(["snow", "sand", "lake", "snow"]):  # slot k -> description k mod 3
+        alone = build_loss("text_l2", descriptions=[text])
+        alone.setup(LossResources(components=tiny))
+        inputs = LossInputs(images=torch.zeros(1, 3, 4, 4), prompt=prompt, class_names=["waterbird"], prompt_slot=slot)
+        assert math.isclose(spread(inputs).item(), alone(inputs).item(), rel_tol=1e-5)
+    mean = build_loss("text_l2", descriptions=["snow", "sand", "lake"])
+    mean.setup(LossResources(components=tiny))
+    inputs = LossInputs(images=torch.zeros(1, 3, 4, 4), prompt=prompt, class_names=["waterbird"], prompt_slot=1)
+    assert not math.isclose(spread(inputs).item(), mean(inputs).item(), rel_tol=1e-3)
+
+
+def test_optimize_passes_each_prompt_its_slot(tmp_path, tiny):
+    """Prompt seeds [5, 9] are slots 0 and 1: with `spread` they are guided to different descriptions."""
+    from advprompts.config.presets import read_yaml
+    from advprompts.config.schema import parse_config
+    from advprompts.optimize import _jobs
+
+    data = read_yaml("tiny-gap")
+    data["prompt"]["seeds"] = [5, 9]
+    config = parse_config(data)
+
+    class Two:
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"label": i % 2}
+
+    jobs = _jobs(config, Two())
+    assert [(j.label, j.seed, j.slot) for j in jobs] == [(0, 5, 0), (0, 9, 1), (1, 5, 0), (1, 9, 1)]
+
+
 def test_image_guidance_and_ti_denoise(tiny):
     prompt = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=2, prefix="i")
     img = build_loss("image_cosine", target_images="tiny-synth:target", clip="tiny", max_images=4)

@@ -69,6 +69,7 @@ class _Job:
     seed: int
     label: int | None
     indices: list[int]
+    slot: int = 0  # position of the seed in prompt.seeds (guidance terms may give each slot its own target)
 
     @property
     def init_seed(self) -> int:
@@ -100,9 +101,9 @@ def _jobs(config: RunConfig, dataset) -> list[_Job]:
     jobs = []
     for label in classes:
         indices = [i for i, y in enumerate(labels) if y == label] if labels else list(range(len(dataset)))
-        for seed in config.prompt.seeds:
+        for slot, seed in enumerate(config.prompt.seeds):
             key = (f"c{label}-" if label is not None else "") + f"s{seed}"
-            jobs.append(_Job(len(jobs), key, seed, label, indices))
+            jobs.append(_Job(len(jobs), key, seed, label, indices, slot))
     return jobs
 
 
@@ -338,7 +339,7 @@ def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_
             rollout = sampler([prompt.text(n) for n in names], generator=gen, **kwargs)
             inputs = LossInputs(images=rollout.images, labels=batch["label"].to(device),
                                 dense=None if batch["dense"] is None else batch["dense"].to(device),
-                                prompt=prompt, class_names=names, step=step, generator=gen)
+                                prompt=prompt, class_names=names, step=step, generator=gen, prompt_slot=job.slot)
             total, parts = losses(inputs)
             if not torch.isfinite(total):
                 log.flush()

@@ -3,6 +3,9 @@
 Text guidance compares the *diffusion model's own* text encoder output for the learned prompt
 with the mean over target descriptions, or, with ``per_class``, over the descriptions of the prompt's
 class (e.g. land places for waterbird prompts: guidance straight to the missing combinations).
+With ``spread``, each prompt of a class is guided to one description of its own (the k-th prompt seed
+to description k mod n) instead of their mean: one prompt guided to the mean of "desert", "snow" and
+"forest" paints one blend of them, several prompts spread over the places.
 Pooling (``pooling`` param): ``eos`` (default) takes the state at the first end-of-text token after
 the final layer norm, CLIP's text embedding before projection; ``mean`` averages the states up to
 and including that token.
@@ -31,7 +34,7 @@ def _prompt_texts(inputs: LossInputs, template: str) -> list[str]:
 class _TextGuidance(LossTerm):
     def __init__(self, descriptions: list[str] | None = None, template: str = "{prompt}", pooling: str = "eos",
                  renormalize: bool = False, std_scaling: bool = False,
-                 per_class: dict[str, list[str]] | None = None):
+                 per_class: dict[str, list[str]] | None = None, spread: bool = False):
         groups = {None: descriptions} if descriptions is not None else {}
         groups.update(per_class or {})
         if not groups:
@@ -43,7 +46,7 @@ class _TextGuidance(LossTerm):
         if pooling not in ("eos", "mean"):
             raise ValueError(f"pooling={pooling!r}; expected 'eos' or 'mean'")
         self.groups, self.template, self.pooling = {k: list(v) for k, v in groups.items()}, template, pooling
-        self.renormalize, self.std_scaling = renormalize, std_scaling
+        self.renormalize, self.std_scaling, self.spread = renormalize, std_scaling, spread
 
     def _pooled(self, texts: list[str]) -> torch.Tensor:
         hidden, ids = encode_text(self.c.tokenizer, self.c.text_encoder, texts)
@@ -61,12 +64,14 @@ class _TextGuidance(LossTerm):
             if self.renormalize:
                 # The mean of several directions is shorter than each; restore the typical norm.
                 target = target / target.norm() * emb.norm(dim=-1).mean()
-            self.targets[key] = target
+            # One row per target: every description with `spread`, else their mean.
+            self.targets[key] = emb if self.spread else target[None]
             # Per-dimension 1/std over the description embeddings (1 when there is only one).
             self.scales[key] = 1 / (emb.std(0) + 1e-3) if self.std_scaling and len(emb) > 1 else torch.ones_like(target)
 
     def target_for(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(targets, scales), one row per class in the batch (as `_prompt_texts` orders them)."""
+        """(targets, scales), one row per class in the batch (as `_prompt_texts` orders them); with
+        ``spread``, the prompt's own description (its slot among the class's prompts, modulo their number)."""
         rows = []
         for name in _class_names(inputs):
             key = name if name in self.targets else None
@@ -74,7 +79,8 @@ class _TextGuidance(LossTerm):
                 raise ConfigError(f"text guidance has no target descriptions for class {name!r}: add it under "
                                   f"per_class, or give shared descriptions")
             rows.append(key)
-        return torch.stack([self.targets[k] for k in rows]), torch.stack([self.scales[k] for k in rows])
+        picked = [self.targets[k][inputs.prompt_slot % len(self.targets[k])] for k in rows]
+        return torch.stack(picked), torch.stack([self.scales[k] for k in rows])
 
 
 @register_loss("text_l2")

@@ -46,6 +46,7 @@ class LossInputs:
         class_names: class name per sample (for prompt templates), or None.
         step: the optimisation step (0-based).
         generator: a seeded generator for terms that draw random numbers.
+        prompt_slot: the prompt's position among its class's prompts (``prompt.seeds`` order).
     """
 
     images: torch.Tensor
@@ -55,6 +56,7 @@ class LossInputs:
     class_names: list[str] | None = None
     step: int = 0
     generator: torch.Generator | None = None
+    prompt_slot: int = 0
 
 
 @dataclass
