@@ -46,6 +46,44 @@ def test_text2img_matches_from_pretrained_pipeline(tmp_path):
                           out=tmp_path / "out")
 
 
+def test_negative_prompt_matches_diffusers_and_older_runs_continue(tmp_path):
+    model = save_tiny_pipeline(tmp_path / "model")
+    pipe = StableDiffusionPipeline.from_pretrained(str(model))
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe("a red bird", negative_prompt="a blue bird", num_images_per_prompt=2, num_inference_steps=3,
+               guidance_scale=4.0, generator=torch.Generator().manual_seed(9)).images
+    kw = dict(num_images=2, steps=3, guidance_scale=4.0, seed=9)
+    generate_text2img(str(model), "a red bird", out=tmp_path / "neg", negative_prompt="a blue bird", **kw)
+    generate_text2img(str(model), "a red bird", out=tmp_path / "plain", **kw)
+    for k, image in enumerate(ref):
+        ours = np.asarray(Image.open(tmp_path / "neg" / f"images/{k:05d}.png")).astype(int)
+        assert np.abs(ours - np.asarray(image).astype(int)).max() == 0, f"image {k} differs"
+    plain = [np.asarray(Image.open(tmp_path / "plain" / f"images/{k:05d}.png")).astype(int) for k in range(2)]
+    assert max(np.abs(p - np.asarray(r).astype(int)).max() for p, r in zip(plain, ref)) > 0
+
+    # A run written before the option existed (no key in its config) is the same run when it is unset.
+    import yaml
+
+    stored = tmp_path / "plain" / "text2img.yaml"
+    old = yaml.safe_load(stored.read_text())
+    del old["negative_prompt"]
+    stored.write_text(yaml.safe_dump(old))
+    assert generate_text2img(str(model), "a red bird", out=tmp_path / "plain", **kw).skipped == 2
+    with pytest.raises(OutputExistsError, match="negative_prompt"):
+        generate_text2img(str(model), "a red bird", out=tmp_path / "plain", negative_prompt="a cat", **kw)
+
+
+def test_negative_prompt_reaches_source_conditioned_generation(tiny, tmp_path):
+    base = dict(model={"diffusion": "tiny", "device": "cpu"}, source="tiny-synth:train", prompts=["a {class}"],
+                sampler={"num_steps": 2, "guidance_scale": 3.0, "strength": 0.9}, batch_size=16)
+    images = {}
+    for neg in (None, "a disc on snow"):
+        config = GenerateConfig(**{**base, "sampler": {**base["sampler"], "negative_prompt": neg}})
+        out = generate_dataset(config, tmp_path / str(neg), components=tiny).out_dir
+        images[neg] = np.asarray(Image.open(out / "images/00000.png")).astype(int)
+    assert np.abs(images[None] - images["a disc on snow"]).max() > 0
+
+
 def _gen_config(prompt_file, **kw):
     base = dict(model={"diffusion": "tiny", "device": "cpu"}, source="tiny-synth:train",
                 sampler={"num_steps": 2, "guidance_scale": 3.0, "strength": 0.9}, prompt_files=[str(prompt_file)],

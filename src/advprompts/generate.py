@@ -301,10 +301,11 @@ def generate_dataset(config: GenerateConfig, out: str | Path, *, shard: str | tu
 def generate_text2img(model: str, prompt: str, num_images: int, steps: int, guidance_scale: float, seed: int,
                       out: str | Path, *, shard: str | tuple[int, int] | None = None, batch_size: int = 4,
                       height: int | None = None, width: int | None = None, overwrite: bool = False,
-                      components=None) -> GenerateResult:
+                      components=None, negative_prompt: str | None = None) -> GenerateResult:
     """Plain text-to-image, identical to ``StableDiffusionPipeline.from_pretrained(model)(prompt,
     num_images_per_prompt=num_images, num_inference_steps=steps, guidance_scale=guidance_scale,
-    generator=torch.Generator().manual_seed(seed))``, saved in order as ``images/00000.png ...``.
+    negative_prompt=negative_prompt, generator=torch.Generator().manual_seed(seed))``, saved in order as
+    ``images/00000.png ...``.
 
     The pipeline draws all initial latents at once from one generator; they are drawn the same way
     here and sliced per batch / shard / process (its scheduler draws nothing more at eta = 0).
@@ -320,7 +321,8 @@ def generate_text2img(model: str, prompt: str, num_images: int, steps: int, guid
     shard = resolve_shard(shard, state)
     out = Path(out)
     fingerprint = {"model": model, "prompt": prompt, "num_images": num_images, "steps": steps,
-                   "guidance_scale": guidance_scale, "seed": seed, "height": height, "width": width}
+                   "guidance_scale": guidance_scale, "seed": seed, "height": height, "width": width,
+                   "negative_prompt": negative_prompt}
     import yaml
 
     prepare_run_dir(out, fingerprint, "text2img.yaml", resume=False, overwrite=overwrite, auto_resume=True,
@@ -344,7 +346,8 @@ def generate_text2img(model: str, prompt: str, num_images: int, steps: int, guid
         for start in range(0, len(todo), batch_size):
             ks = todo[start:start + batch_size]
             images = sampler([prompt] * len(ks), num_steps=steps, guidance_scale=guidance_scale, height=height,
-                             width=width, noise=noise[ks].to(comps.device), grad=False).images
+                             width=width, noise=noise[ks].to(comps.device), grad=False,
+                             negative_prompt=[negative_prompt] * len(ks) if negative_prompt else None).images
             new_rows = [{"file_name": f"images/{k:05d}.png", "label": 0, "prompt": prompt, "seed": seed, "index": k}
                         for k in ks]
             writer.submit([out / r["file_name"] for r in new_rows], to_uint8(images), new_rows)

@@ -116,6 +116,8 @@ def _sampler_kwargs(config: RunConfig, batch: dict, device: torch.device) -> dic
     s = config.sampler
     kw = dict(num_steps=s.num_steps, guidance_scale=s.guidance_scale, eta=s.eta, strength=s.strength)
     images = batch["image"].to(device)
+    if s.negative_prompt:
+        kw.update(negative_prompt=[s.negative_prompt] * len(images))
     if s.conditioning == "inpaint":
         if batch["mask"] is None:
             raise DataError("sampler.conditioning=inpaint needs object masks (mask_file column) in the source data")

@@ -34,6 +34,15 @@ def _first_difference(a, b, prefix: str = "") -> str:
     return prefix.rstrip(".") or "(root)"
 
 
+def _unset_new_keys_dropped(config, stored):
+    """``config`` without the keys ``stored`` lacks whose value is None: an option added in a later
+    version, left unset, does not make a run written before it another run."""
+    if not (isinstance(config, dict) and isinstance(stored, dict)):
+        return config
+    return {k: _unset_new_keys_dropped(v, stored.get(k)) for k, v in config.items()
+            if k in stored or v is not None}
+
+
 def prepare_run_dir(out: str | Path, config: dict, config_name: str, *, resume: bool, overwrite: bool,
                     auto_resume: bool = False, create: bool = True) -> bool:
     """Make ``out`` ready for a run described by ``config``.
@@ -68,7 +77,7 @@ def prepare_run_dir(out: str | Path, config: dict, config_name: str, *, resume: 
                 shutil.rmtree(out)
         else:
             stored = yaml.safe_load(stored_path.read_text())
-            if stored != config:
+            if stored != _unset_new_keys_dropped(config, stored):
                 raise OutputExistsError(
                     f"output folder {str(out)!r} holds a different run ({_first_difference(stored, config)!r} "
                     "differs); use another --out or pass --overwrite")

@@ -37,6 +37,7 @@ class SamplerConfig(_Strict):
     paste: bool = True                             # paste source object pixels back under the mask
     latent_mask: LatentMask = "nearest"            # object mask at latent size (see LatentMask)
     conditioning_scale: float = Field(1.0, ge=0)   # ControlNet scale
+    negative_prompt: str | None = None             # text of CFG's unconditional branch (default "")
     image_size: int | None = Field(None, ge=8)     # source size (default: UNet sample size x VAE factor)
     gradient_checkpointing: bool = True
 

@@ -61,6 +61,7 @@ class GenerationSettings(_Strict):
     eta: float = Field(0.0, ge=0, le=1)
     batch_size: int = Field(64, ge=1)
     latent_mask: LatentMask = "nearest"     # see SamplerConfig.latent_mask
+    negative_prompt: str | None = None      # see SamplerConfig.negative_prompt
 
 
 class TaskSpec(_Strict):

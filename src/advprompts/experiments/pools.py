@@ -76,7 +76,7 @@ def generate_units(units: list[dict], pool_dir: Path, components, settings, seed
             model=ModelConfig(diffusion=components.source or "embedded", device=device),
             sampler=SamplerConfig(num_steps=settings.steps, guidance_scale=settings.guidance_scale,
                                   strength=settings.strength, eta=settings.eta, conditioning="inpaint", paste=True,
-                                  latent_mask=settings.latent_mask),
+                                  latent_mask=settings.latent_mask, negative_prompt=settings.negative_prompt),
             source=str(getattr(dataset, "root", "")) or "in-memory", prompt_files=[str(p) for p in unit.get("prompt_files", [])],
             prompts=unit.get("prompts", []), batch_size=settings.batch_size, seed=seed * 1000 + k)
         out = pool_dir / f"u{k}"

@@ -27,6 +27,8 @@ def main(
     image_size: Annotated[Optional[int], Opt("--image-size", help="Source size (default: the model's).")] = None,
     steps: Annotated[int, Opt("--steps", help="Denoising steps.")] = 15,
     guidance_scale: Annotated[float, Opt("--guidance-scale", help="CFG scale.")] = 7.0,
+    negative_prompt: Annotated[Optional[str], Opt("--negative-prompt", help="Text of CFG's unconditional "
+                                                  "branch, e.g. what to keep out of the images.")] = None,
     strength: Annotated[float, Opt("--strength", help="SDEdit strength (sources).")] = 1.0,
     conditioning: Annotated[str, Opt("--conditioning", help="inpaint | none | controlnet (sources).")] = "inpaint",
     template: Annotated[Optional[str], Opt("--template", help="Template for learned prompts.")] = None,
@@ -49,7 +51,7 @@ def main(
             raise ConfigError("--autocast / --channels-last / --compile apply to --source generation; text-to-image "
                               "stays identical to diffusers")
         res = generate_text2img(model, prompt[0], num_images, steps, guidance_scale, seed, out, shard=shard,
-                                batch_size=batch_size, overwrite=overwrite)
+                                batch_size=batch_size, overwrite=overwrite, negative_prompt=negative_prompt)
     else:
         from advprompts.config.schema import GenerateConfig, parse_config
 
@@ -59,7 +61,7 @@ def main(
             prompts=prompt or [], template=template, images_per_source=images_per_source, batch_size=batch_size,
             class_prompts=class_prompts, seed=seed,
             sampler={"num_steps": steps, "guidance_scale": guidance_scale, "strength": strength,
-                     "conditioning": conditioning, "image_size": image_size}), GenerateConfig, what="generate")
+                     "conditioning": conditioning, "image_size": image_size, "negative_prompt": negative_prompt}), GenerateConfig, what="generate")
         res = generate_dataset(cfg, out, shard=shard, overwrite=overwrite, channels_last=channels_last,
                                compile=compile_)
     typer.echo(f"{res.out_dir}: {res.written} images written, {res.skipped} already done, {res.total} in the run")
