@@ -11,7 +11,7 @@ import yaml
 
 from advprompts.experiments.config import ExperimentConfig, load_experiment_config
 from advprompts.experiments.loop import run_loop
-from advprompts.experiments.report import write_report
+from advprompts.experiments.report import budget_table, write_report
 from advprompts.experiments.runner import ExperimentRunner
 from advprompts.tasks.models import load_task_model
 from advprompts.tasks.train import Tensors, TrainRecipe, evaluate, train_classifier
@@ -141,6 +141,18 @@ def test_per_group_prompts_and_transfer_rows(tmp_path, tiny):
         used = {r["prompt_file"] for r in csv.DictReader(f)}
     assert {g for g in groups if any(f"/{g}/" in u or f"-{g}" in u for u in used)} == set(groups)
     assert sorted(r["method"] for r in rows) == ["gap", "gap->resnet18", "no_extra"]
+
+
+def test_budget_table_pivots_mean_and_std_over_seeds():
+    rows = [{"method": m, "n_extra": n, "seed": s, "worst_group_acc": w, "avg_acc": a}
+            for m, n, s, w, a in [("no_extra", 0, 0, 0.01, 0.5), ("no_extra", 0, 1, 0.03, 0.6),
+                                  ("gap", 20, 0, 0.40, 0.8), ("gap", 20, 1, 0.50, 0.9), ("gap", 40, 0, 0.6, 0.7),
+                                  ("ap", 40, 0, 0.1, 0.55)]]
+    lines = budget_table(rows).splitlines()
+    assert lines[0] == "| method | 0 extra | 20 extra | 40 extra |"
+    assert lines[2] == "| no_extra | 2.0 ± 1.0 / 55.0 |  |  |"  # methods without extra data first
+    assert lines[3] == "| ap |  |  | 10.0 ± 0.0 / 55.0 |"
+    assert lines[4] == "| gap |  | 45.0 ± 5.0 / 85.0 | 60.0 ± 0.0 / 70.0 |"
 
 
 def test_presets_validate():

@@ -32,6 +32,21 @@ def results_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def budget_table(rows: list[dict]) -> str:
+    """Methods x budgets (number of extra images), each cell "worst-group ± std / average" in %."""
+    summary = {(r["method"], r["n_extra"]): r for r in summarize(rows)}
+    budgets = sorted({n for _, n in summary})
+    lines = ["| method | " + " | ".join(f"{n} extra" for n in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+    for method in sorted({m for m, _ in summary}, key=lambda m: (min(n for mm, n in summary if mm == m) > 0, m)):
+        cells = []
+        for n in budgets:
+            r = summary.get((method, n))
+            cells.append("" if r is None else f"{100 * r['worst_group_mean']:.1f} ± {100 * r['worst_group_std']:.1f}"
+                         f" / {100 * r['avg_mean']:.1f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_accuracy(rows: list[dict], path: Path) -> Path:
     """Worst-group and average accuracy against the number of extra images, one line per method."""
     import matplotlib
@@ -178,7 +193,9 @@ def write_report(out: str | Path, config, components=None, oracle=None) -> Path:
     lines = [f"# Experiment `{config.name}` on `{config.benchmark}`", "",
              f"Task model `{config.task.arch}`, fine-tuned {config.finetune.epochs} epochs on train + extra data; "
              f"evaluated on `{config.eval_split}`; seeds {config.seeds}; diffusion model `{config.model}`.", "",
-             "## Results (mean ± std over seeds, %)", "", results_table(rows), ""]
+             "## Results (mean ± std over seeds, %)", "", results_table(rows), "",
+             "Worst-group accuracy (mean ± std) / average accuracy per number of extra images:", "",
+             budget_table(rows), ""]
     plot_accuracy(rows, figs / "accuracy_vs_extra.png")
     lines += ["![accuracy vs extra images](figures/accuracy_vs_extra.png)", ""]
     train_ds = resolve_dataset(config.benchmark, split=config.train_split)
