@@ -77,9 +77,10 @@ def prepare_run_dir(out: str | Path, config: dict, config_name: str, *, resume: 
                 shutil.rmtree(out)
         else:
             stored = yaml.safe_load(stored_path.read_text())
-            if stored != _unset_new_keys_dropped(config, stored):
+            current = _unset_new_keys_dropped(config, stored)
+            if stored != current:
                 raise OutputExistsError(
-                    f"output folder {str(out)!r} holds a different run ({_first_difference(stored, config)!r} "
+                    f"output folder {str(out)!r} holds a different run ({_first_difference(stored, current)!r} "
                     "differs); use another --out or pass --overwrite")
             if not (resume or auto_resume):
                 raise OutputExistsError(f"output folder {str(out)!r} already holds this run; pass --resume to "
