@@ -217,3 +217,55 @@ def test_waterbirds_sd15_experiment_runs_on_the_release_layout(tmp_path, monkeyp
     assert all(k.startswith("acc_") for k in rows[0] if k not in
                ("benchmark", "method", "n_extra", "seed", "avg_acc", "worst_group_acc", "seconds"))
     assert (tmp_path / "exp" / "prompts" / "gap-s0" / "prompt_c1-s0.safetensors").is_file()
+
+
+class _FixedOracle:
+    """Stands in for the zoo's oracle: fixed predictions, so the report's arithmetic is checked exactly."""
+
+    def __init__(self, pred):
+        self.pred = pred
+
+    def predict(self, images):
+        assert len(images) == len(self.pred["object"])
+        return self.pred
+
+
+def test_composition_for_a_location_shift(tmp_path):
+    """A camera-trap-like benchmark (evaluated at an unseen location whose place train rarely shows):
+    the report gives the share at the evaluated place and at night, and no 'missing groups' column."""
+    from PIL import Image
+
+    from advprompts.experiments.report import _composition_section
+    from advprompts.world.places import PLACES
+    from advprompts.world.render import camera_location
+    from advprompts.zoo.corpus import OBJECT_NAMES, PLACE_NAMES
+
+    spec = {"name": "mini-cam", "classes": ["empty", "cattle"], "class_objects": {"empty": [None], "cattle": ["cattle"]},
+            "group": "loc{location}-{time}", "splits": {
+                "train": {"size": 12, "cells": [{"classes": "*", "locations": [0, 1], "times": ["day", "night"]}]},
+                "test": {"size": 8, "balanced": True, "cells": [{"classes": "*", "locations": [13], "times": ["day"]},
+                                                                {"classes": "*", "locations": [13], "times": ["night"]}]}}}
+    root = export_benchmark(Benchmark(**spec), tmp_path / "mini-cam")
+    target = camera_location(13).place
+    pool = tmp_path / "pool"
+    (pool / "images").mkdir(parents=True)
+    with open(pool / "metadata.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "label"])
+        for i in range(4):
+            Image.new("RGB", (64, 64), (40 * i, 90, 30)).save(pool / "images" / f"{i}.png")
+            w.writerow([f"images/{i}.png", 1])
+    other = next(p for p in PLACE_NAMES if p != target and not PLACES[p].water)
+    oracle = _FixedOracle({"object": [OBJECT_NAMES.index("cattle")] * 3 + [OBJECT_NAMES.index("zebra")],
+                           "place": [PLACE_NAMES.index(p) for p in (target, target, target, other)],
+                           "night": [1, 0, 0, 0]})
+    cfg = type("Cfg", (), {"train_split": "train", "eval_split": "test"})
+    bench = yaml.safe_load((root / "benchmark.yaml").read_text())
+    with open(root / "metadata.csv", newline="") as f:
+        train = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    assert target not in {r["place"] for r in train}
+    lines = _composition_section([pool], bench, root, cfg, oracle)
+    night = round(100 * sum(r["time"] == "night" for r in train) / len(train))
+    assert f"`train` has 0% and {night}%, `test` 100% and 50%" in lines[0]
+    assert lines[2] == f"| set | images | faithfulness | at {target} | at night | groups |"
+    assert lines[4] == "| pool | 4 | 75.0% | 75% | 25% | cattle-land 50%, cattle-land-night 25%, other-land 25% |"

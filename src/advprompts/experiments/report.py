@@ -79,9 +79,7 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
 
 
 def _pool_images(pool_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
-    from advprompts.tasks.train import load_tensors
-
-    from advprompts.tasks.train import as_float
+    from advprompts.tasks.train import as_float, load_tensors
 
     data = load_tensors(pool_dir, image_size=64)
     return as_float(data.images), data.labels.numpy()
@@ -102,9 +100,11 @@ def save_grid(pool_dir: Path, class_names: list[str], path: Path, per_class: int
     return path
 
 
-def composition(pool_dir: Path, bench: dict, train_groups: set[tuple[str, str]], oracle) -> dict:
+def composition(pool_dir: Path, bench: dict, train_groups: set[tuple[str, str]], oracle,
+                target_places: set[str] = frozenset()) -> dict:
     """Fractions of a generated set per (class, place type) as the oracle sees it, the share in
-    groups the train split lacks, and label faithfulness (the oracle finds the labelled object)."""
+    groups the train split lacks, label faithfulness (the oracle finds the labelled object), the share
+    the oracle places at one of ``target_places`` and the share it sees at night."""
     from advprompts.world.places import PLACES
     from advprompts.zoo.corpus import OBJECT_NAMES, PLACE_NAMES
 
@@ -114,8 +114,10 @@ def composition(pool_dir: Path, bench: dict, train_groups: set[tuple[str, str]],
     obj_to_class = {(o or "none"): c for c, objs in bench["class_objects"].items() for o in objs}
     names = OBJECT_NAMES + ["none"]
     groups: dict[str, int] = {}
-    faithful = missing = 0
+    faithful = missing = at_target = nights = 0
     for y, o, p, night in zip(labels, pred["object"], pred["place"], pred["night"]):
+        at_target += PLACE_NAMES[int(p)] in target_places
+        nights += bool(night)
         cls = classes[int(y)]
         seen = obj_to_class.get(names[int(o)])
         faithful += seen == cls
@@ -125,15 +127,24 @@ def composition(pool_dir: Path, bench: dict, train_groups: set[tuple[str, str]],
         missing += seen == cls and (cls, ptype) not in train_groups
     n = len(labels)
     return {"n": n, "faithfulness": faithful / n, "missing_groups": missing / n,
+            "target_places": at_target / n, "night": nights / n,
             "groups": {k: v / n for k, v in sorted(groups.items())}}
 
 
 def train_group_set(benchmark_root: Path) -> set[tuple[str, str]]:
     from advprompts.world.places import PLACES
 
+    return {(r["label_name"], "water" if PLACES[r["place"]].water else "land")
+            for r in _split_rows(benchmark_root, "train") if r.get("place") in PLACES}
+
+
+def _split_rows(benchmark_root: Path, split: str | None = None) -> list[dict]:
     with open(benchmark_root / "metadata.csv", newline="") as f:
-        return {(r["label_name"], "water" if PLACES[r["place"]].water else "land")
-                for r in csv.DictReader(f) if r.get("split") == "train" and r.get("place") in PLACES}
+        return [r for r in csv.DictReader(f) if split is None or r.get("split") == split]
+
+
+def _share(rows: list[dict], keep) -> float:
+    return sum(map(keep, rows)) / max(len(rows), 1)
 
 
 def decoded_prompts(prompt_dir: Path, components) -> list[tuple[str, str]]:
@@ -183,6 +194,49 @@ def plot_curves(prompt_dir: Path, path: Path) -> Path | None:
     return path
 
 
+def _composition_section(pools: list[Path], bench: dict, root: Path, config, oracle) -> list[str]:
+    """The composition table. Spurious-correlation benchmarks (train lacks some (class, place type)
+    combinations) get the share in those; location-shift benchmarks (the evaluated scenes sit at a
+    subset of the benchmark's places) get the shares at those places and at night, beside train's."""
+    from advprompts.world.places import PLACES
+
+    train_groups = train_group_set(root)
+    rows, train, evaluated = (_split_rows(root), _split_rows(root, config.train_split),
+                              _split_rows(root, config.eval_split))
+    places = {r["place"] for r in rows if r.get("place") in PLACES}
+    ptypes = {"water" if PLACES[p].water else "land" for p in places}
+    classes = [c for c in bench["classes"] if any(bench["class_objects"][c])]
+    has_missing = any((c, t) not in train_groups for c in classes for t in ptypes)
+    target = {r["place"] for r in evaluated if r.get("place") in PLACES}
+    shift = bool(target) and target < places
+    text = ("Composition judged by the oracle (trained on renderer ground truth): the share of images whose "
+            "object is the labelled class (faithfulness)")
+    head, rule = "| set | images | faithfulness |", "|---|---|---|"
+    if has_missing:
+        text += (", the share in (class, place type) combinations absent from train (train holds only "
+                 f"{', '.join('-'.join(g) for g in sorted(train_groups))})")
+        head, rule = head + " in missing groups |", rule + "---|"
+    if shift:
+        where = " / ".join(sorted(target))
+        at_night = lambda r: r.get("time") == "night"  # noqa: E731
+        text += (f", the share the oracle places at the evaluated scenes' places ({where}) and at night (by "
+                 f"ground truth `{config.train_split}` has {100 * _share(train, lambda r: r.get('place') in target):.0f}"
+                 f"% and {100 * _share(train, at_night):.0f}%, `{config.eval_split}` 100% and "
+                 f"{100 * _share(evaluated, at_night):.0f}%)")
+        head, rule = head + f" at {where} | at night |", rule + "---|---|"
+    lines = [text + ", and the share per group.", "", head + " groups |", rule + "---|"]
+    for pool in pools:
+        comp = composition(pool, bench, train_groups, oracle, target_places=target if shift else set())
+        row = f"| {pool.name} | {comp['n']} | {100 * comp['faithfulness']:.1f}% |"
+        if has_missing:
+            row += f" {100 * comp['missing_groups']:.1f}% |"
+        if shift:
+            row += f" {100 * comp['target_places']:.0f}% | {100 * comp['night']:.0f}% |"
+        shown = ", ".join(f"{k} {100 * v:.0f}%" for k, v in comp["groups"].items() if v >= 0.02)
+        lines.append(f"{row} {shown} |")
+    return lines + [""]
+
+
 def write_report(out: str | Path, config, components=None, oracle=None) -> Path:
     """Write ``out/report.md`` (and ``out/figures/``) from the experiment folder's contents."""
     from advprompts.data import resolve_dataset
@@ -207,18 +261,7 @@ def write_report(out: str | Path, config, components=None, oracle=None) -> Path:
     if pools:
         lines += ["## Generated data", ""]
         if oracle is not None and bench is not None:
-            train_groups = train_group_set(root)
-            lines += ["Composition judged by the oracle (trained on renderer ground truth): the share of images "
-                      "whose object is the labelled class (faithfulness), the share in (class, place type) "
-                      "combinations absent from train (train holds only "
-                      f"{', '.join('-'.join(g) for g in sorted(train_groups))}), and the share per group.", "",
-                      "| set | images | faithfulness | in missing groups | groups |", "|---|---|---|---|---|"]
-            for pool in pools:
-                comp = composition(pool, bench, train_groups, oracle)
-                shown = ", ".join(f"{k} {100 * v:.0f}%" for k, v in comp["groups"].items() if v >= 0.02)
-                lines.append(f"| {pool.name} | {comp['n']} | {100 * comp['faithfulness']:.1f}% | "
-                             f"{100 * comp['missing_groups']:.1f}% | {shown} |")
-            lines.append("")
+            lines += _composition_section(pools, bench, root, config, oracle)
         for pool in pools:
             if pool.name.endswith("-s0") or len({p.name.rsplit('-s', 1)[0] for p in pools}) == len(pools):
                 grid = save_grid(pool, class_names, figs / f"grid_{pool.name}.png")
