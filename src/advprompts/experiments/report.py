@@ -131,13 +131,6 @@ def composition(pool_dir: Path, bench: dict, train_groups: set[tuple[str, str]],
             "groups": {k: v / n for k, v in sorted(groups.items())}}
 
 
-def train_group_set(benchmark_root: Path) -> set[tuple[str, str]]:
-    from advprompts.world.places import PLACES
-
-    return {(r["label_name"], "water" if PLACES[r["place"]].water else "land")
-            for r in _split_rows(benchmark_root, "train") if r.get("place") in PLACES}
-
-
 def _split_rows(benchmark_root: Path, split: str | None = None) -> list[dict]:
     with open(benchmark_root / "metadata.csv", newline="") as f:
         return [r for r in csv.DictReader(f) if split is None or r.get("split") == split]
@@ -145,6 +138,10 @@ def _split_rows(benchmark_root: Path, split: str | None = None) -> list[dict]:
 
 def _share(rows: list[dict], keep) -> float:
     return sum(map(keep, rows)) / max(len(rows), 1)
+
+
+def _is_night(row: dict) -> bool:
+    return row.get("time") == "night"
 
 
 def decoded_prompts(prompt_dir: Path, components) -> list[tuple[str, str]]:
@@ -200,11 +197,14 @@ def _composition_section(pools: list[Path], bench: dict, root: Path, config, ora
     subset of the benchmark's places) get the shares at those places and at night, beside train's."""
     from advprompts.world.places import PLACES
 
-    train_groups = train_group_set(root)
+    def ptype(place: str) -> str:
+        return "water" if PLACES[place].water else "land"
+
     rows, train, evaluated = (_split_rows(root), _split_rows(root, config.train_split),
                               _split_rows(root, config.eval_split))
+    train_groups = {(r["label_name"], ptype(r["place"])) for r in train if r.get("place") in PLACES}
     places = {r["place"] for r in rows if r.get("place") in PLACES}
-    ptypes = {"water" if PLACES[p].water else "land" for p in places}
+    ptypes = {ptype(p) for p in places}
     classes = [c for c in bench["classes"] if any(bench["class_objects"][c])]
     has_missing = any((c, t) not in train_groups for c in classes for t in ptypes)
     target = {r["place"] for r in evaluated if r.get("place") in PLACES}
@@ -218,11 +218,11 @@ def _composition_section(pools: list[Path], bench: dict, root: Path, config, ora
         head, rule = head + " in missing groups |", rule + "---|"
     if shift:
         where = " / ".join(sorted(target))
-        at_night = lambda r: r.get("time") == "night"  # noqa: E731
+        at_target = _share(train, lambda r: r.get("place") in target)
         text += (f", the share the oracle places at the evaluated scenes' places ({where}) and at night (by "
-                 f"ground truth `{config.train_split}` has {100 * _share(train, lambda r: r.get('place') in target):.0f}"
-                 f"% and {100 * _share(train, at_night):.0f}%, `{config.eval_split}` 100% and "
-                 f"{100 * _share(evaluated, at_night):.0f}%)")
+                 f"ground truth `{config.train_split}` has {100 * at_target:.0f}% and "
+                 f"{100 * _share(train, _is_night):.0f}%, `{config.eval_split}` 100% and "
+                 f"{100 * _share(evaluated, _is_night):.0f}%)")
         head, rule = head + f" at {where} | at night |", rule + "---|---|"
     lines = [text + ", and the share per group.", "", head + " groups |", rule + "---|"]
     for pool in pools:
