@@ -184,3 +184,28 @@ def test_task_models_map_images_to_logits_and_load_weights(arch, tmp_path):
     again = load_task_model(arch, 3, weights=tmp_path / "w.safetensors")
     assert torch.equal(model(x), again(x))
     assert set(list_task_models()) >= {"small_cnn", "resnet18", "resnet50", "vit_b_16"}
+
+
+def test_label_clip_is_clips_zero_shot_cross_entropy():
+    term = build_loss("label_clip", classes=["empty", "cat", "dog"], template="a photo of a {class}",
+                      texts={"empty": "an empty photo"}, clip="tiny")
+    term.setup(LossResources())
+    assert term.texts == ["an empty photo", "a photo of a cat", "a photo of a dog"]
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 16, 16, requires_grad=True)
+    labels = torch.tensor([0, 2, 1])
+    value = term(LossInputs(images=images, labels=labels))
+    value.backward()
+    clip = term.clip
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(clip(images), dim=-1)
+        txt = torch.nn.functional.normalize(clip.embed_text(term.texts), dim=-1)
+        logits = clip.clip.logit_scale.exp() * img @ txt.T
+        expected = -torch.log_softmax(logits, -1)[torch.arange(3), labels].mean()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5) and images.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="needs labelled source samples"):
+        term(LossInputs(images=images))
+    with pytest.raises(ConfigError, match="has 3 classes but a sample is labelled 3"):
+        term(LossInputs(images=images, labels=torch.tensor([0, 1, 3])))
+    with pytest.raises(ConfigError, match="'bird', which is not among classes"):
+        build_loss("label_clip", classes=["cat", "dog"], texts={"bird": "a bird"}, clip="tiny")
