@@ -100,12 +100,18 @@ def save_grid(pool_dir: Path, class_names: list[str], path: Path, per_class: int
     return path
 
 
+def _place_type(place: str) -> str:
+    """The place type the groups use: water or land."""
+    from advprompts.world.places import PLACES
+
+    return "water" if PLACES[place].water else "land"
+
+
 def composition(pool_dir: Path, bench: dict, train_groups: set[tuple[str, str]], oracle,
                 target_places: set[str] = frozenset()) -> dict:
     """Fractions of a generated set per (class, place type) as the oracle sees it, the share in
     groups the train split lacks, label faithfulness (the oracle finds the labelled object), the share
     the oracle places at one of ``target_places`` and the share it sees at night."""
-    from advprompts.world.places import PLACES
     from advprompts.zoo.corpus import OBJECT_NAMES, PLACE_NAMES
 
     images, labels = _pool_images(pool_dir)
@@ -121,7 +127,7 @@ def composition(pool_dir: Path, bench: dict, train_groups: set[tuple[str, str]],
         cls = classes[int(y)]
         seen = obj_to_class.get(names[int(o)])
         faithful += seen == cls
-        ptype = "water" if PLACES[PLACE_NAMES[int(p)]].water else "land"
+        ptype = _place_type(PLACE_NAMES[int(p)])
         key = f"{seen or 'other'}-{ptype}" + ("-night" if night else "")
         groups[key] = groups.get(key, 0) + 1
         missing += seen == cls and (cls, ptype) not in train_groups
@@ -197,14 +203,11 @@ def _composition_section(pools: list[Path], bench: dict, root: Path, config, ora
     subset of the benchmark's places) get the shares at those places and at night, beside train's."""
     from advprompts.world.places import PLACES
 
-    def ptype(place: str) -> str:
-        return "water" if PLACES[place].water else "land"
-
     rows, train, evaluated = (_split_rows(root), _split_rows(root, config.train_split),
                               _split_rows(root, config.eval_split))
-    train_groups = {(r["label_name"], ptype(r["place"])) for r in train if r.get("place") in PLACES}
+    train_groups = {(r["label_name"], _place_type(r["place"])) for r in train if r.get("place") in PLACES}
     places = {r["place"] for r in rows if r.get("place") in PLACES}
-    ptypes = {ptype(p) for p in places}
+    ptypes = {_place_type(p) for p in places}
     classes = [c for c in bench["classes"] if any(bench["class_objects"][c])]
     has_missing = any((c, t) not in train_groups for c in classes for t in ptypes)
     target = {r["place"] for r in evaluated if r.get("place") in PLACES}
