@@ -203,6 +203,9 @@ def test_label_clip_is_clips_zero_shot_cross_entropy():
         logits = clip.clip.logit_scale.exp() * img @ txt.T
         expected = -torch.log_softmax(logits, -1)[torch.arange(3), labels].mean()
     assert value.item() == pytest.approx(expected.item(), rel=1e-5) and images.grad.abs().sum() > 0
+    guidance = build_loss("image_cosine", target_images="tiny-synth:target", clip="tiny", max_images=2)
+    guidance.setup(LossResources())
+    assert guidance.clip is clip  # one frozen CLIP shared by both terms, not loaded twice
     with pytest.raises(ConfigError, match="needs labelled source samples"):
         term(LossInputs(images=images))
     with pytest.raises(ConfigError, match="has 3 classes but a sample is labelled 3"):

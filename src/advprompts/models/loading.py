@@ -7,6 +7,7 @@ user can cause becomes a one-line :class:`~advprompts.errors.ModelLoadError`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -316,7 +317,7 @@ class ClipImageEncoder(torch.nn.Module):
 
 
 def load_clip(spec: str, device: str | torch.device = "cpu") -> ClipImageEncoder:
-    """Load a CLIP model for image guidance.
+    """Load a CLIP model for image guidance; repeated calls share one frozen copy.
 
     Args:
         spec: ``"embedded-clip"`` (the shipped tiny CLIP), ``"tiny"`` (random), a transformers
@@ -329,6 +330,13 @@ def load_clip(spec: str, device: str | torch.device = "cpu") -> ClipImageEncoder
     Raises:
         ModelLoadError: when the model cannot be found or read.
     """
+    return _load_clip_cached(spec, str(torch.device(device)))
+
+
+# Several loss terms (image guidance, label_clip) name the same CLIP; it is frozen and eval-mode, so
+# they can share one copy instead of loading ViT-L/14 (1.7 GB) twice. Two entries bound the memory.
+@functools.lru_cache(maxsize=2)
+def _load_clip_cached(spec: str, device: str) -> ClipImageEncoder:
     if spec == "tiny":
         from advprompts.models.tiny import tiny_clip, tiny_tokenizer
 
