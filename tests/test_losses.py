@@ -171,6 +171,29 @@ def test_image_guidance_and_ti_denoise(tiny):
     assert loss.item() > 0 and prompt.embeddings.grad.abs().sum() > 0
 
 
+def test_image_direction_is_the_cosine_of_each_shift_to_the_domain_shift():
+    term = build_loss("image_direction", target_images="tiny-synth:target", source_images="tiny-synth:train",
+                      clip="tiny", max_images=4)
+    term.setup(LossResources())
+    unit = lambda x: torch.nn.functional.normalize(term.clip(x).float(), dim=-1)  # noqa: E731
+    from advprompts.data.folder import load_images
+
+    with torch.no_grad():
+        domain = unit(load_images("tiny-synth:target", max_images=4)).mean(0) - \
+            unit(load_images("tiny-synth:train", max_images=4)).mean(0)
+    torch.manual_seed(0)
+    sources, images = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16, requires_grad=True)
+    value = term(LossInputs(images=images, sources=sources))
+    value.backward()
+    with torch.no_grad():
+        expected = -torch.nn.functional.cosine_similarity(unit(images) - unit(sources), domain[None]).mean()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-4) and images.grad.abs().sum() > 0
+    # A generation identical to its source has not moved: no shift, score 0.
+    assert term(LossInputs(images=sources, sources=sources)).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ConfigError, match="needs the source images"):
+        term(LossInputs(images=images))
+
+
 @pytest.mark.parametrize("arch", ["small_cnn", "resnet18"])
 def test_task_models_map_images_to_logits_and_load_weights(arch, tmp_path):
     torch.manual_seed(0)

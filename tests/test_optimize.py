@@ -130,6 +130,16 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(_tiny_session, tmp_path):
     assert not (tmp_path / "run" / "prompt_s0.safetensors").exists()
 
 
+def test_optimize_hands_the_source_images_to_directional_guidance(_tiny_session, tmp_path):
+    config = load_config("tiny-gap", ["optim.steps=2", "log.tensorboard=false", "losses=[{name: image_direction, "
+                                      "params: {target_images: 'tiny-synth:target', source_images: 'tiny-synth:train', "
+                                      "clip: tiny, max_images: 4}}]"])
+    optimize(config, tmp_path / "dir", components=copy.deepcopy(_tiny_session["txt2img"]).freeze())
+    rows = list(csv.DictReader(open(tmp_path / "dir" / "log.csv")))
+    assert len(rows) == 4 and all(-1 <= float(r["image_direction"]) <= 1 and float(r["image_direction"]) != 0
+                                  for r in rows)
+
+
 def test_gap_preset_runs_guidance_with_warmup(_tiny_session, tmp_path):
     config = load_config("tiny-gap", ["optim.steps=2"])
     result = optimize(config, tmp_path / "gap", components=copy.deepcopy(_tiny_session["txt2img"]).freeze())

@@ -121,7 +121,7 @@ class _ImageGuidance(LossTerm):
         images = _load_targets(self.spec, self.max_images, None)
         with torch.no_grad():
             embs = torch.cat([self.clip(images[i:i + 16].to(resources.device)) for i in range(0, len(images), 16)])
-        self.target = embs.mean(0)
+        self.target, self.target_unit = embs.mean(0), F.normalize(embs.float(), dim=-1).mean(0)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.clip(images).float()
@@ -141,6 +141,37 @@ class ImageL2(_ImageGuidance):
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         return (self.embed(inputs.images) - self.target[None]).square().sum(-1).mean()
+
+
+@register_loss("image_direction")
+class ImageDirection(_ImageGuidance):
+    """Directional image guidance: the negative cosine between each generation's CLIP shift from its
+    own source (unit embeddings) and the shift from the source domain's mean to the target's.
+
+    ``image_cosine`` pulls every image towards the target images' mean, content included: camera-trap
+    targets nearly all show an animal, so it paints animals into empty scenes. What the source and
+    target images share (animals) cancels in the direction, leaving what differs (place, light).
+    """
+
+    def __init__(self, target_images: str, source_images: str, clip: str = "embedded-clip", max_images: int = 100):
+        super().__init__(target_images, clip, max_images)
+        self.source_spec = source_images
+
+    def setup(self, resources: LossResources) -> None:
+        super().setup(resources)
+        images = _load_targets(self.source_spec, self.max_images, None)
+        with torch.no_grad():
+            unit = [F.normalize(self.embed(images[i:i + 16].to(resources.device)), dim=-1)
+                    for i in range(0, len(images), 16)]
+        self.direction = F.normalize(self.target_unit - torch.cat(unit).mean(0), dim=-1)
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        if inputs.sources is None:
+            raise ConfigError("loss 'image_direction' needs the source images the generations start from")
+        with torch.no_grad():
+            start = F.normalize(self.embed(inputs.sources.to(inputs.images.device)), dim=-1)
+        shift = F.normalize(self.embed(inputs.images), dim=-1) - start
+        return -F.cosine_similarity(shift, self.direction[None], dim=-1).mean()
 
 
 @register_loss("ti_denoise")

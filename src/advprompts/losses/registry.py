@@ -47,6 +47,7 @@ class LossInputs:
         step: the optimisation step (0-based).
         generator: a seeded generator for terms that draw random numbers.
         prompt_slot: the prompt's position among its class's prompts (``prompt.seeds`` order).
+        sources: the source images (B, 3, H, W) in [0, 1] the generations start from, or None.
     """
 
     images: torch.Tensor
@@ -57,6 +58,7 @@ class LossInputs:
     step: int = 0
     generator: torch.Generator | None = None
     prompt_slot: int = 0
+    sources: torch.Tensor | None = None
 
 
 @dataclass
