@@ -118,13 +118,17 @@ class _ImageGuidance(LossTerm):
         from advprompts.models.loading import load_clip
 
         self.clip = load_clip(self.clip_spec, device=resources.device)
-        images = _load_targets(self.spec, self.max_images, None)
-        with torch.no_grad():
-            embs = torch.cat([self.clip(images[i:i + 16].to(resources.device)) for i in range(0, len(images), 16)])
-        self.target, self.target_unit = embs.mean(0), F.normalize(embs.float(), dim=-1).mean(0)
+        embs = self.embed_images(self.spec, resources.device)
+        self.target, self.target_unit = embs.mean(0), F.normalize(embs, dim=-1).mean(0)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.clip(images).float()
+
+    @torch.no_grad()
+    def embed_images(self, spec: str, device: torch.device) -> torch.Tensor:
+        """CLIP embeddings of up to ``max_images`` images of ``spec`` (batches of 16)."""
+        images = _load_targets(spec, self.max_images, None)
+        return torch.cat([self.embed(images[i:i + 16].to(device)) for i in range(0, len(images), 16)])
 
 
 @register_loss("image_cosine")
@@ -159,11 +163,8 @@ class ImageDirection(_ImageGuidance):
 
     def setup(self, resources: LossResources) -> None:
         super().setup(resources)
-        images = _load_targets(self.source_spec, self.max_images, None)
-        with torch.no_grad():
-            unit = [F.normalize(self.embed(images[i:i + 16].to(resources.device)), dim=-1)
-                    for i in range(0, len(images), 16)]
-        self.direction = F.normalize(self.target_unit - torch.cat(unit).mean(0), dim=-1)
+        source = F.normalize(self.embed_images(self.source_spec, resources.device), dim=-1).mean(0)
+        self.direction = F.normalize(self.target_unit - source, dim=-1)
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         if inputs.sources is None:
