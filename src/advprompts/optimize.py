@@ -342,7 +342,7 @@ def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_
             inputs = LossInputs(images=rollout.images, labels=batch["label"].to(device),
                                 dense=None if batch["dense"] is None else batch["dense"].to(device),
                                 prompt=prompt, class_names=names, step=step, generator=gen, prompt_slot=job.slot,
-                                sources=None if batch.get("image") is None else batch["image"].to(device))
+                                sources=batch["image"].to(device))
             total, parts = losses(inputs)
             if not torch.isfinite(total):
                 log.flush()
