@@ -147,3 +147,10 @@ def test_experiment_bad_inputs_are_one_line_exit_2(tmp_path, monkeypatch):
     monkeypatch.setenv("ADVPROMPTS_CACHE", str(tmp_path / "cache"))
     _check(["experiment", "--config", "demo-quick", "--set", "benchmark=tiny-synth", "--set", "ood_split=null",
             "--methods", "no_extra", "--out", str(out)], "zoo build", out)
+
+
+def test_retrain_inpaint_refuses_a_non_zoo_base_and_the_base_itself(tmp_path):
+    _check(["zoo", "retrain-inpaint", "--base", str(tmp_path), "--out", str(tmp_path / "new")], "is not a zoo",
+           out=tmp_path / "new")
+    (tmp_path / "z" / "sd" / "unet").mkdir(parents=True)
+    _check(["zoo", "retrain-inpaint", "--base", str(tmp_path / "z"), "--out", str(tmp_path / "z")], "is --base")

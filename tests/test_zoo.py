@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -54,6 +55,20 @@ def test_tiny_build_is_a_diffusers_pipeline_and_resumes_identically(tmp_path, mo
     weights = [k for k in manifest["files"] if k.endswith(".safetensors")]
     assert len(weights) >= 5
     assert all(manifest["files"][k]["sha256"] == again["files"][k]["sha256"] for k in weights)
+    # Retraining only the inpainting stage replaces sd/unet_inpaint, records how, and drops the old gates.
+    from advprompts.zoo.build import retrain_inpaint
+
+    manifest["gates"] = {"old": {"value": 1.0, "threshold": 0.9, "passed": True}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    retrain_inpaint(out, tmp_path / "work_inpaint", replace(TINY, inpaint_ring_weight=4.0), dtype=torch.float32)
+    redone = json.loads((out / "manifest.json").read_text())
+    key = "sd/unet_inpaint/diffusion_pytorch_model.safetensors"
+    assert redone["files"][key]["sha256"] != manifest["files"][key]["sha256"]
+    assert redone["files"]["sd/unet/diffusion_pytorch_model.safetensors"] == \
+        manifest["files"]["sd/unet/diffusion_pytorch_model.safetensors"]
+    assert redone["recipe"]["inpaint_ring_weight"] == 4.0 and "gates" not in redone
+    assert redone["inpaint_retrained"]["times_s"]["inpaint_s"] > 0
+    assert UNet2DConditionModel.from_pretrained(out / "sd", subfolder="unet_inpaint").config.in_channels == 9
     # A zoo built without the inpainting UNet says so in one line.
     import shutil
 
@@ -132,6 +147,19 @@ shipped = pytest.mark.skipif(not (zoo_dir() / "manifest.json").exists(), reason=
 
 
 @shipped
+def test_ring_weights_mark_the_repainted_cells_next_to_the_kept_object():
+    from advprompts.zoo.trainers import ring_weights
+
+    repaint = torch.ones(1, 1, 8, 8)
+    repaint[..., 3:5, 3:5] = 0  # a 2x2 kept object
+    w = ring_weights(repaint, ring=1, weight=4.0)[0, 0]
+    assert (w[3:5, 3:5] == 1).all()  # kept cells: plain weight
+    assert (w[2:6, 2:6].sum() - 4) == 12 * 5  # the 12 cells around it: 1 + 4
+    assert w.sum() == 64 + 12 * 4  # everything else: 1
+    assert (ring_weights(repaint, ring=2, weight=4.0)[0, 0] == 5).sum() == 36 - 4
+    assert (ring_weights(torch.ones(1, 1, 8, 8), 2, 4.0) == 1).all()  # nothing kept, nothing weighted
+
+
 def test_shipped_files_match_manifest():
     manifest = json.loads((zoo_dir() / "manifest.json").read_text())
     assert manifest["total_mb"] <= 40

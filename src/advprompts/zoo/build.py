@@ -118,6 +118,16 @@ class StageTimes:
         return {**self.times, "total_s": round(sum(self.times.values()), 1)}
 
 
+def _cached_latents(vae, corpus, recipe: ZooRecipe, work: Path) -> torch.Tensor:
+    """The corpus' VAE latents (unscaled), encoded once per work folder."""
+    lat_file = work / "latents.pt"
+    if lat_file.exists():
+        return torch.load(lat_file)
+    latents = encode_latents(vae, corpus, bf16=use_bf16(recipe))
+    torch.save(latents, lat_file)
+    return latents
+
+
 def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | None = None,
           dtype: torch.dtype = torch.float16) -> Path:
     """Train every embedded model and write them to `out` (resumable via `work`)."""
@@ -141,12 +151,7 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
     with timer.stage("vae_s"):
         vae = train_vae(corpus, recipe, work, log_file)
     with timer.stage("latents_s"):  # scaled to unit variance as SD's scaling_factor does
-        lat_file = work / "latents.pt"
-        if lat_file.exists():
-            latents = torch.load(lat_file)
-        else:
-            latents = encode_latents(vae, corpus, bf16=use_bf16(recipe))
-            torch.save(latents, lat_file)
+        latents = _cached_latents(vae, corpus, recipe, work)
         scaling = float(1.0 / latents.std())
         vae.register_to_config(scaling_factor=scaling)
     with timer.stage("unet_s"):  # on the frozen CLIP text tower
@@ -173,6 +178,49 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
                                  "dtype": str(dtype).replace("torch.", "")})
     logger.info("zoo built in %.1f min -> %s", times["total_s"] / 60, out)
     return out
+
+
+def retrain_inpaint(zoo: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), dtype: torch.dtype = torch.float16) -> Path:
+    """Retrain only `zoo`'s 9-channel inpainting UNet (stage 6b) from the zoo's own VAE, UNet and text
+    tower, and replace `zoo/sd/unet_inpaint`: a change to that stage's recipe without the 80-minute build.
+
+    The result differs slightly from a full build's (it starts from the saved float16 UNet, not the
+    float32 one); the manifest records that it was retrained this way.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from advprompts.optimize import resolve_device
+
+    recipe = replace(recipe, device=str(resolve_device(recipe.device)))
+    if not recipe.inpaint_steps:
+        raise ValueError("recipe.inpaint_steps is 0: there is no inpainting stage to retrain")
+    sd = zoo / "sd"
+    work.mkdir(parents=True, exist_ok=True)
+    timer = StageTimes(work / "stage_times.json")
+    with timer.stage("corpus_s"):
+        tokenizer = CLIPTokenizer.from_pretrained(sd / "tokenizer")
+        corpus = render_corpus(recipe.corpus_size, recipe.seed, cache=work / f"corpus_{recipe.corpus_size}.npz")
+    dev = recipe.device
+    vae = AutoencoderKL.from_pretrained(sd / "vae", torch_dtype=torch.float32).to(dev).eval()
+    unet = UNet2DConditionModel.from_pretrained(sd / "unet", torch_dtype=torch.float32)
+    text = CLIPTextModel.from_pretrained(sd / "text_encoder", torch_dtype=torch.float32).to(dev).eval()
+    with timer.stage("latents_s"):
+        latents = _cached_latents(vae, corpus, recipe, work)
+    with timer.stage("inpaint_s"):  # the zoo's VAE already carries its scaling factor
+        inpaint = train_inpaint_unet(corpus, latents * vae.config.scaling_factor, vae, unet, text, tokenizer, recipe,
+                                     work, work / "train_log.csv")
+    inpaint.to("cpu", dtype=dtype).save_pretrained(sd / "unet_inpaint", safe_serialization=True)
+    old = json.loads((zoo / "manifest.json").read_text()) if (zoo / "manifest.json").exists() else {}
+    write_manifest(zoo, ZooRecipe(**{**old.get("recipe", {}), **{k: v for k, v in asdict(recipe).items()
+                                                                 if k.startswith("inpaint")}}),
+                   {k: v for k, v in old.items() if k not in ("recipe", "torch", "python", "files", "total_mb")}
+                   | {"inpaint_retrained": {"recipe": asdict(recipe), "times_s": timer.summary(),
+                                            "cpu": cpu_name(), "threads": torch.get_num_threads()}})
+    manifest = json.loads((zoo / "manifest.json").read_text())
+    manifest.pop("gates", None)  # the inpainting gates no longer hold: `zoo check` writes them anew
+    atomic_write_text(zoo / "manifest.json", json.dumps(manifest, indent=2))
+    return zoo
 
 
 if __name__ == "__main__":  # python -m advprompts.zoo.build OUT WORK [BPE]
