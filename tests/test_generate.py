@@ -147,3 +147,9 @@ def test_per_class_prompts_apply_to_their_class_only(tiny, tmp_path):
     every = _rows(generate_dataset(GenerateConfig(**base, class_prompts="all"), tmp_path / "all",
                                    components=tiny).out_dir)
     assert len(every) == 32
+    # class_words change the word filled into {class}, not which class a prompt belongs to.
+    worded = _rows(generate_dataset(GenerateConfig(**base, class_words={"disc": "circle"}), tmp_path / "words",
+                                    components=tiny).out_dir)
+    assert len(worded) == 16
+    assert {r["prompt"].split(" <")[0] for r in worded} == {"a square", "a circle"}
+    assert all(("circle" in r["prompt"]) == (r["label"] == "1") for r in worded)

@@ -168,3 +168,20 @@ def test_gradient_accumulation_runs_every_micro_batch(_tiny_session, tmp_path):
 
     a, b = (next(iter(load_file(r.prompt_files[0]).values())) for r in (one, two))
     assert torch.isfinite(b).all() and not torch.equal(a, b)  # the second micro-batch changed the update
+
+
+def test_class_words_fill_the_template_while_optimising(_tiny_session, tmp_path, monkeypatch):
+    from advprompts.sampler import Sampler
+
+    seen, call = [], Sampler.__call__
+
+    def spy(self, prompt, **kw):
+        seen.extend(prompt)
+        return call(self, prompt, **kw)
+
+    monkeypatch.setattr(Sampler, "__call__", spy)
+    config = load_config("tiny-ap", ["optim.steps=2", "log.tensorboard=false", "prompt.per_class=true",
+                                     "prompt.template='a {class} {prompt}'", "prompt.class_words={disc: circle}"])
+    optimize(config, tmp_path / "words", components=copy.deepcopy(_tiny_session["txt2img"]).freeze())
+    words = {p.split(" <")[0] for p in seen}
+    assert words == {"a square", "a circle"}, words

@@ -275,6 +275,7 @@ def generate_dataset(config: GenerateConfig, out: str | Path, *, shard: str | tu
             for k, item in zip(ks, items):
                 prompt = prompts[jobs[k][1]][2]
                 name = item.get("label_name") or class_names.get(item["label"], str(item["label"]))
+                name = config.class_words.get(name, name)
                 if isinstance(prompt, str):
                     texts.append(prompt.format(**{"class": name}))
                     shown.append(texts[-1])

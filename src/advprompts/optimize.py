@@ -338,7 +338,8 @@ def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_
             batch = collate([dataset[job.indices[int(i)]] for i in pick])
             names = [class_names.get(y, str(y)) for y in batch["label"].tolist()]
             kwargs = _sampler_kwargs(config, batch, device)
-            rollout = sampler([prompt.text(n) for n in names], generator=gen, **kwargs)
+            words = config.prompt.class_words
+            rollout = sampler([prompt.text(words.get(n, n)) for n in names], generator=gen, **kwargs)
             inputs = LossInputs(images=rollout.images, labels=batch["label"].to(device),
                                 dense=None if batch["dense"] is None else batch["dense"].to(device),
                                 prompt=prompt, class_names=names, step=step, generator=gen, prompt_slot=job.slot,

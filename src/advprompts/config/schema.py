@@ -48,6 +48,9 @@ class PromptConfig(_Strict):
     template: str = "{prompt}"           # e.g. "a photo of a {class} {prompt}"
     prefix: str = "ap"                   # tokens are <prefix-key-i>
     per_class: bool = False              # one prompt per class, trained on that class's sources
+    # The generator's word for a class where it differs from the class name ({class} in the template);
+    # e.g. the embedded generator never saw "waterbird" in a caption: {waterbird: duck}.
+    class_words: dict[str, str] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # one prompt per seed
 
     @field_validator("init")
@@ -136,6 +139,7 @@ class GenerateConfig(_Strict):
     prompt_files: list[str] = Field(default_factory=list)   # learned prompts (TI safetensors)
     prompts: list[str] = Field(default_factory=list)        # text prompts ({class} allowed)
     template: str | None = None                    # overrides the learned prompts' templates
+    class_words: dict[str, str] = Field(default_factory=dict)  # {class} fill per class name (see PromptConfig)
     images_per_source: int = Field(1, ge=1)
     # "own": a prompt learned for one class (per_class) is applied to that class's sources only;
     # "all": every prompt on every source.

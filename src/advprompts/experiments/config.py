@@ -62,6 +62,7 @@ class GenerationSettings(_Strict):
     batch_size: int = Field(64, ge=1)
     latent_mask: LatentMask = "nearest"     # see SamplerConfig.latent_mask
     negative_prompt: str | None = None      # see SamplerConfig.negative_prompt
+    class_words: dict[str, str] = Field(default_factory=dict)  # see PromptConfig; also used while optimising
 
 
 class TaskSpec(_Strict):

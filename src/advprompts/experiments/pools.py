@@ -78,7 +78,8 @@ def generate_units(units: list[dict], pool_dir: Path, components, settings, seed
                                   strength=settings.strength, eta=settings.eta, conditioning="inpaint", paste=True,
                                   latent_mask=settings.latent_mask, negative_prompt=settings.negative_prompt),
             source=str(getattr(dataset, "root", "")) or "in-memory", prompt_files=[str(p) for p in unit.get("prompt_files", [])],
-            prompts=unit.get("prompts", []), batch_size=settings.batch_size, seed=seed * 1000 + k)
+            prompts=unit.get("prompts", []), batch_size=settings.batch_size, seed=seed * 1000 + k,
+            class_words=settings.class_words)
         out = pool_dir / f"u{k}"
         generate_dataset(config, out, components=components, dataset=Subset(dataset, unit["sources"]))
         with open(out / "metadata.csv", newline="") as f:

@@ -207,6 +207,8 @@ class ExperimentRunner:
         base.setdefault("model", {}).update(diffusion=self.config.model, device=self.config.device)
         prompt = base.setdefault("prompt", {})
         prompt["seeds"] = [seed * 1000 + s for s in prompt.get("seeds", [0])]
+        if self.config.generation.class_words:  # one vocabulary for optimising and generating
+            prompt["class_words"] = self.config.generation.class_words
         base.setdefault("log", {})["progress"] = self.progress
         runs = [(None, base)]
         if spec.per_group:
