@@ -16,7 +16,7 @@ import platform
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -212,8 +212,11 @@ def retrain_inpaint(zoo: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), dtyp
                                      work, work / "train_log.csv")
     inpaint.to("cpu", dtype=dtype).save_pretrained(sd / "unet_inpaint", safe_serialization=True)
     old = json.loads((zoo / "manifest.json").read_text()) if (zoo / "manifest.json").exists() else {}
-    write_manifest(zoo, ZooRecipe(**{**old.get("recipe", {}), **{k: v for k, v in asdict(recipe).items()
-                                                                 if k.startswith("inpaint")}}),
+    # The zoo's recipe with this stage's fields replaced (keys of older recipes that no longer exist dropped).
+    known = {f.name for f in fields(ZooRecipe)}
+    merged = {k: v for k, v in old.get("recipe", {}).items() if k in known}
+    merged.update({k: v for k, v in asdict(recipe).items() if k.startswith("inpaint")})
+    write_manifest(zoo, ZooRecipe(**merged),
                    {k: v for k, v in old.items() if k not in ("recipe", "torch", "python", "files", "total_mb")}
                    | {"inpaint_retrained": {"recipe": asdict(recipe), "times_s": timer.summary(),
                                             "cpu": cpu_name(), "threads": torch.get_num_threads()}})
