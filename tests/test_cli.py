@@ -27,11 +27,12 @@ def test_optimize_then_generate_from_the_learned_prompt(tmp_path):
     gen = tmp_path / "gen"
     result = runner.invoke(app, ["generate", "--model", "tiny", "--source", "tiny-synth:train", "--prompt-file",
                                  str(run / "prompt_s0.safetensors"), "--steps", "2", "--out", str(gen),
-                                 "--shard", "0/2"])
+                                 "--shard", "0/2", "--class-word", "square=box"])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(gen / "metadata.csv")))
     assert len(rows) == 8 and all(int(r["index"]) % 2 == 0 for r in rows)
     assert all(r["prompt"].startswith("a ") and r["prompt"].endswith("<gen0>") for r in rows)
+    assert {r["prompt"].split()[1] for r in rows} == {"box"}  # this shard's sources are squares: "box"
 
 
 def test_debug_shows_the_traceback(tmp_path):

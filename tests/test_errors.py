@@ -154,3 +154,8 @@ def test_retrain_inpaint_refuses_a_non_zoo_base_and_the_base_itself(tmp_path):
            out=tmp_path / "new")
     (tmp_path / "z" / "sd" / "unet").mkdir(parents=True)
     _check(["zoo", "retrain-inpaint", "--base", str(tmp_path / "z"), "--out", str(tmp_path / "z")], "is --base")
+
+
+def test_generate_refuses_a_class_word_without_equals(tmp_path):
+    args, out = _gen(tmp_path, "--class-word", "waterbird")
+    _check(args, "--class-word takes NAME=WORD", out=out)

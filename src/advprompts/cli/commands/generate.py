@@ -32,6 +32,8 @@ def main(
     strength: Annotated[float, Opt("--strength", help="SDEdit strength (sources).")] = 1.0,
     conditioning: Annotated[str, Opt("--conditioning", help="inpaint | none | controlnet (sources).")] = "inpaint",
     template: Annotated[Optional[str], Opt("--template", help="Template for learned prompts.")] = None,
+    class_word: Annotated[Optional[list[str]], Opt("--class-word", help="NAME=WORD: fill {class} with WORD for "
+                                                   "class NAME (a word the generator knows).")] = None,
     seed: Annotated[int, Opt("--seed", help="Run seed.")] = 0,
     batch_size: Annotated[int, Opt("--batch-size", help="Images per batch.")] = 4,
     shard: Annotated[Optional[str], Opt("--shard", help="i/n: make every n-th image starting at i.")] = None,
@@ -44,12 +46,15 @@ def main(
     from advprompts.generate import generate_dataset, generate_text2img, parse_shard
 
     parse_shard(shard)  # reject a bad --shard before loading anything
+    words = dict(w.split("=", 1) for w in class_word or [] if "=" in w)
+    if len(words) != len(class_word or []) or not all(k and v for k, v in words.items()):
+        raise ConfigError(f"--class-word takes NAME=WORD (e.g. waterbird=duck); got {class_word}")
     if source is None:
         if not prompt or len(prompt) != 1 or prompt_file:
             raise ConfigError("plain text-to-image takes exactly one --prompt (and --model); add --source for learned prompts")
-        if autocast != "none" or channels_last or compile_:
-            raise ConfigError("--autocast / --channels-last / --compile apply to --source generation; text-to-image "
-                              "stays identical to diffusers")
+        if autocast != "none" or channels_last or compile_ or words:
+            raise ConfigError("--autocast / --channels-last / --compile / --class-word apply to --source generation; "
+                              "text-to-image stays identical to diffusers")
         res = generate_text2img(model, prompt[0], num_images, steps, guidance_scale, seed, out, shard=shard,
                                 batch_size=batch_size, overwrite=overwrite, negative_prompt=negative_prompt)
     else:
@@ -59,7 +64,7 @@ def main(
             model={"diffusion": model, "autocast": autocast}, source=source,
             prompt_files=[str(p) for p in prompt_file or []],
             prompts=prompt or [], template=template, images_per_source=images_per_source, batch_size=batch_size,
-            class_prompts=class_prompts, seed=seed,
+            class_prompts=class_prompts, seed=seed, class_words=words,
             sampler={"num_steps": steps, "guidance_scale": guidance_scale, "strength": strength,
                      "conditioning": conditioning, "image_size": image_size, "negative_prompt": negative_prompt}), GenerateConfig, what="generate")
         res = generate_dataset(cfg, out, shard=shard, overwrite=overwrite, channels_last=channels_last,
