@@ -44,7 +44,7 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(out: Path, recipe: ZooRecipe, extra: dict) -> Path:
+def write_manifest(out: Path, recipe: ZooRecipe, extra: dict, keep_gates: bool = True) -> Path:
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
     manifest = {
         "recipe": asdict(recipe),
@@ -56,7 +56,7 @@ def write_manifest(out: Path, recipe: ZooRecipe, extra: dict) -> Path:
     }
     path = out / "manifest.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    if "gates" in old and "gates" not in manifest:
+    if keep_gates and "gates" in old and "gates" not in manifest:
         manifest["gates"] = old["gates"]
     path.write_text(json.dumps(manifest, indent=2))
     return path
@@ -217,12 +217,10 @@ def retrain_inpaint(zoo: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), dtyp
     merged = {k: v for k, v in old.get("recipe", {}).items() if k in known}
     merged.update({k: v for k, v in asdict(recipe).items() if k.startswith("inpaint")})
     write_manifest(zoo, ZooRecipe(**merged),
-                   {k: v for k, v in old.items() if k not in ("recipe", "torch", "python", "files", "total_mb")}
+                   {k: v for k, v in old.items() if k not in ("recipe", "torch", "python", "files", "total_mb", "gates")}
                    | {"inpaint_retrained": {"recipe": asdict(recipe), "times_s": timer.summary(),
-                                            "cpu": cpu_name(), "threads": torch.get_num_threads()}})
-    manifest = json.loads((zoo / "manifest.json").read_text())
-    manifest.pop("gates", None)  # the inpainting gates no longer hold: `zoo check` writes them anew
-    atomic_write_text(zoo / "manifest.json", json.dumps(manifest, indent=2))
+                                            "cpu": cpu_name(), "threads": torch.get_num_threads()}},
+                   keep_gates=False)  # the inpainting gates no longer hold: `zoo check` writes them anew
     return zoo
 
 
