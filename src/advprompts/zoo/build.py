@@ -216,9 +216,9 @@ def retrain_inpaint(zoo: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), dtyp
     known = {f.name for f in fields(ZooRecipe)}
     merged = {k: v for k, v in old.get("recipe", {}).items() if k in known}
     merged.update({k: v for k, v in asdict(recipe).items() if k.startswith("inpaint")})
+    kept = {k: v for k, v in old.items() if k not in ("recipe", "torch", "python", "files", "total_mb", "gates")}
     write_manifest(zoo, ZooRecipe(**merged),
-                   {k: v for k, v in old.items() if k not in ("recipe", "torch", "python", "files", "total_mb", "gates")}
-                   | {"inpaint_retrained": {"recipe": asdict(recipe), "times_s": timer.summary(),
+                   kept | {"inpaint_retrained": {"recipe": asdict(recipe), "times_s": timer.summary(),
                                             "cpu": cpu_name(), "threads": torch.get_num_threads()}},
                    keep_gates=False)  # the inpainting gates no longer hold: `zoo check` writes them anew
     return zoo
