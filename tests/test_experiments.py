@@ -159,6 +159,9 @@ def test_presets_validate():
     for name in ("waterbirds-synth", "demo", "demo-quick", "wildcam-synth", "waterbirds-sd15"):
         cfg = load_experiment_config(name)
         assert cfg.methods and cfg.max_extra > 0
+        if cfg.benchmark == "waterbirds-synth":  # the embedded generator knows the species, not the class names
+            assert cfg.generation.class_words == {"waterbird": "duck", "landbird": "sparrow"}
+            assert "{class}" in cfg.methods["agnostic"].prompts[0]
     cfg = load_experiment_config("waterbirds-synth", ["seeds=[5]"], methods=["gap", "no_extra"])
     assert cfg.seeds == [5] and list(cfg.methods) == ["gap", "no_extra"]
 
