@@ -166,6 +166,23 @@ def test_presets_validate():
     assert cfg.seeds == [5] and list(cfg.methods) == ["gap", "no_extra"]
 
 
+def test_documented_experiment_configs_validate():
+    """Every config in docs/experiments (probes the README and FINDINGS cite) still loads, and so does each
+    optimised method's preset with its overrides, so a documented command cannot rot unnoticed."""
+    from pathlib import Path
+
+    from advprompts.config.presets import apply_overrides, read_yaml
+    from advprompts.config.schema import parse_config
+
+    files = sorted((Path(__file__).parents[1] / "docs" / "experiments").glob("*.yaml"))
+    assert len(files) >= 10
+    for f in files:
+        cfg = load_experiment_config(str(f))
+        for name, spec in cfg.methods.items():
+            if spec.kind == "optimized":
+                parse_config(apply_overrides(read_yaml(spec.optimize), spec.set), what=f"{f.name}: {name}")
+
+
 def test_fine_tuning_learns_from_extra_data():
     """The shared recipe must learn a cue that only the extra data teaches (else no method can help)."""
     g = torch.Generator().manual_seed(0)
