@@ -55,8 +55,13 @@ def test_tiny_build_is_a_diffusers_pipeline_and_resumes_identically(tmp_path, mo
     weights = [k for k in manifest["files"] if k.endswith(".safetensors")]
     assert len(weights) >= 5
     assert all(manifest["files"][k]["sha256"] == again["files"][k]["sha256"] for k in weights)
+    # `zoo retrain-inpaint` first copies the base zoo whole, through a temporary folder.
+    from advprompts.zoo.build import copy_zoo, retrain_inpaint
+
+    copy = copy_zoo(out, tmp_path / "copy")
+    assert (copy / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
+    assert (copy / "sd" / "unet_inpaint").is_dir() and not (tmp_path / "copy.partial").exists()
     # Retraining only the inpainting stage replaces sd/unet_inpaint, records how, and drops the old gates.
-    from advprompts.zoo.build import retrain_inpaint
 
     manifest["gates"] = {"old": {"value": 1.0, "threshold": 0.9, "passed": True}}
     (out / "manifest.json").write_text(json.dumps(manifest))

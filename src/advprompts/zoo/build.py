@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import platform
+import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from advprompts.errors import ConfigError
 from advprompts.hardware import cpu_name
 from advprompts.rundir import atomic_write_text
 from advprompts.zoo.architectures import sample_scheduler
@@ -177,6 +179,20 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
                                  "device": recipe.device, "cpu": cpu_name(), "threads": torch.get_num_threads(),
                                  "dtype": str(dtype).replace("torch.", "")})
     logger.info("zoo built in %.1f min -> %s", times["total_s"] / 60, out)
+    return out
+
+
+def copy_zoo(base: Path, out: Path) -> Path:
+    """Copy the zoo `base` to the new folder `out` (kept if it already exists: a rerun resumes)."""
+    if not (base / "sd" / "unet").is_dir():
+        raise ConfigError(f"--base {base} is not a zoo (no sd/unet/); give a `zoo build` output folder")
+    if out.resolve() == base.resolve():
+        raise ConfigError(f"--out {out} is --base; give a new folder, the base zoo is left as it is")
+    if not out.exists():  # copied whole first, so a half-copied folder never looks like a zoo
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(base, tmp)
+        tmp.rename(out)
     return out
 
 

@@ -44,23 +44,13 @@ def retrain_inpaint(out: Annotated[Path, typer.Option(help="New zoo folder: a co
                     device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto.")] = "cpu"):
     """Retrain only the 9-channel inpainting UNet on a zoo's own models (about 10 min on 2 cores)."""
     import logging
-    import shutil
 
-    from advprompts.errors import ConfigError
+    from advprompts.zoo.build import copy_zoo
     from advprompts.zoo.build import retrain_inpaint as retrain
     from advprompts.zoo.paths import zoo_dir
     from advprompts.zoo.trainers import ZooRecipe
 
-    base = base or zoo_dir()
-    if not (base / "sd" / "unet").is_dir():
-        raise ConfigError(f"--base {base} is not a zoo (no sd/unet/); give a `zoo build` output folder")
-    if out.resolve() == base.resolve():
-        raise ConfigError(f"--out {out} is --base; give a new folder, the base zoo is left as it is")
-    if not out.exists():  # copied whole first, so a half-copied folder never looks like a zoo
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(base, tmp)
-        tmp.rename(out)
+    copy_zoo(base or zoo_dir(), out)
     logging.getLogger("advprompts").setLevel(logging.INFO)
     recipe = ZooRecipe(device=device, inpaint_steps=steps, inpaint_ring_weight=ring_weight, inpaint_ring=ring)
     typer.echo(f"zoo with a retrained inpainting UNet: {retrain(out, work, recipe)}; run `advprompts zoo check "
