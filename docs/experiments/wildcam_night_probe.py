@@ -27,8 +27,9 @@ from advprompts.zoo.paths import zoo_dir
 
 run, group, prompts = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 clip = load_clip("embedded-clip")
+targets = load_images(str(run / "targets" / group), max_images=64)
 with torch.no_grad():
-    mean = clip(load_images(str(run / "targets" / group), max_images=64)).float().mean(0)
+    mean = clip(targets).float().mean(0)
 
 
 def cosine(images: torch.Tensor) -> float:
@@ -38,7 +39,7 @@ def cosine(images: torch.Tensor) -> float:
 
 ds = FolderDataset(cached_export("wildcam-synth"), split="train")
 rng = np.random.default_rng(0)
-print(f"target images {cosine(load_images(str(run / 'targets' / group), max_images=64)):.3f}")
+print(f"target images {cosine(targets):.3f}")
 night = [i for i in range(len(ds)) if ds.rows[i]["time"] == "night"]
 print(f"train night scenes {cosine(torch.stack([ds[int(i)]['image'] for i in rng.choice(night, 32, replace=False)])):.3f}")
 pick = rng.choice(len(ds), 32, replace=False)
