@@ -62,7 +62,6 @@ def test_tiny_build_is_a_diffusers_pipeline_and_resumes_identically(tmp_path, mo
     assert (copy / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
     assert (copy / "sd" / "unet_inpaint").is_dir() and not (tmp_path / "copy.partial").exists()
     # Retraining only the inpainting stage replaces sd/unet_inpaint, records how, and drops the old gates.
-
     manifest["gates"] = {"old": {"value": 1.0, "threshold": 0.9, "passed": True}}
     (out / "manifest.json").write_text(json.dumps(manifest))
     retrain_inpaint(out, tmp_path / "work_inpaint", replace(TINY, inpaint_ring_weight=4.0), dtype=torch.float32)

@@ -45,8 +45,7 @@ def retrain_inpaint(out: Annotated[Path, typer.Option(help="New zoo folder: a co
     """Retrain only the 9-channel inpainting UNet on a zoo's own models (about 10 min on 2 cores)."""
     import logging
 
-    from advprompts.zoo.build import copy_zoo
-    from advprompts.zoo.build import retrain_inpaint as retrain
+    from advprompts.zoo.build import copy_zoo, retrain_inpaint as retrain
     from advprompts.zoo.paths import zoo_dir
     from advprompts.zoo.trainers import ZooRecipe
 
