@@ -59,6 +59,36 @@ def test_classification_terms_on_known_logits():
         _term("neg_ce")
 
 
+def test_opposite_ce_margin_stops_pushing_fooled_images():
+    # Sample 0 already fools the model (opposite CE 0.018), sample 1 does not (CE 2.13).
+    logits = torch.tensor([[-2.0, 2.0], [0.0, -2.0]], requires_grad=True)
+    inputs = LossInputs(images=torch.zeros(2, 3, 4, 4), labels=torch.tensor([0, 1]))
+    plain = _term("opposite_ce", _Fixed(logits))(inputs)
+    value = _term("opposite_ce", _Fixed(logits), margin=0.1)(inputs)
+    assert math.isclose(value.item(), plain.item(), rel_tol=1e-6)  # the logged value is the plain CE
+    (grad,) = torch.autograd.grad(value, logits)
+    (plain_grad,) = torch.autograd.grad(plain, logits)
+    assert torch.equal(grad[0], torch.zeros(2)) and plain_grad[0].abs().sum() > 0.01
+    assert torch.allclose(grad[1], plain_grad[1])
+    with pytest.raises(ConfigError, match="margin=0"):
+        build_loss("opposite_ce", margin=0)
+
+
+def test_classification_terms_stop_once_the_model_is_fooled():
+    # True-label CE: 2.13 (fooled, p(true) = 0.12) and 0.018 for the batch below; mean 1.07.
+    logits = torch.tensor([[-2.0, 0.0], [0.0, -4.0]])
+    inputs = LossInputs(images=torch.zeros(2, 3, 4, 4), labels=torch.tensor([0, 0]))
+    for name in ("opposite_ce", "neg_ce", "uniform_ce"):
+        assert not _term(name, _Fixed(logits)).should_stop()  # no threshold: never stops
+        term = _term(name, _Fixed(logits), stop_threshold=1.0)
+        assert not term.should_stop()                          # nothing seen yet
+        term(inputs)
+        assert math.isclose(term.last_task_loss, 1.0725, abs_tol=1e-3) and term.should_stop()
+        strict = _term(name, _Fixed(logits), stop_threshold=2.0)
+        strict(inputs)
+        assert not strict.should_stop()
+
+
 def test_dense_terms_and_early_stop():
     images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     dense = images[:, :1] * 2 + 1  # the _Fixed model predicts exactly this

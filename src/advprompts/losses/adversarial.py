@@ -10,6 +10,12 @@ from advprompts.losses.registry import LossInputs, LossResources, LossTerm, regi
 
 
 class _TaskTerm(LossTerm):
+    """A term on the task model. ``stop_threshold``: the optimisation stops once the task loss (for
+    classifiers the CE on the true label, e.g. 2.3: the true class below p = 0.1) reaches it."""
+
+    def __init__(self, stop_threshold: float | None = None):
+        self.stop_threshold = stop_threshold
+
     def setup(self, resources: LossResources) -> None:
         if resources.task_model is None:
             raise ConfigError(f"loss {self.name!r} needs a task model; set task.arch (and task.weights)")
@@ -20,13 +26,26 @@ class _TaskTerm(LossTerm):
             raise ConfigError(f"loss {self.name!r} needs labelled source samples")
         return inputs.labels.to(inputs.images.device)
 
+    def _track(self, logits: torch.Tensor, inputs: LossInputs) -> None:
+        if self.stop_threshold is not None:
+            self.last_task_loss = float(F.cross_entropy(logits.detach(), self._labels(inputs)))
+
 
 @register_loss("opposite_ce")
 class OppositeCE(_TaskTerm):
-    """CE towards the opposite class ``1 - y`` (binary tasks) or towards ``target_class``."""
+    """CE towards the opposite class ``1 - y`` (binary tasks) or towards ``target_class``.
 
-    def __init__(self, target_class: int | None = None):
-        self.target_class = target_class
+    ``margin``: an image whose CE is already below it (the model fooled with probability above
+    ``exp(-margin)``) gets no gradient, as in Carlini-Wagner's confidence margin: each image is pushed
+    until it fools the model, not beyond. The value is still the plain CE.
+    """
+
+    def __init__(self, target_class: int | None = None, margin: float | None = None,
+                 stop_threshold: float | None = None):
+        if margin is not None and margin <= 0:
+            raise ValueError(f"margin={margin}; it is a CE value, > 0 (e.g. 0.1: fooled with p > 0.9)")
+        super().__init__(stop_threshold)
+        self.target_class, self.margin = target_class, margin
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
         logits = self.model(inputs.images)
@@ -37,7 +56,11 @@ class OppositeCE(_TaskTerm):
             target = 1 - y
         else:
             raise ConfigError(f"opposite_ce without target_class needs a binary task; the model has {logits.shape[1]} classes")
-        return F.cross_entropy(logits, target)
+        self._track(logits, inputs)
+        ce = F.cross_entropy(logits, target, reduction="none")
+        if self.margin is not None:
+            ce = torch.where(ce > self.margin, ce, ce.detach())
+        return ce.mean()
 
 
 @register_loss("neg_ce")
@@ -45,7 +68,9 @@ class NegCE(_TaskTerm):
     """Minus the CE on the true label (maximises the task loss)."""
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        return -F.cross_entropy(self.model(inputs.images), self._labels(inputs))
+        logits = self.model(inputs.images)
+        self._track(logits, inputs)
+        return -F.cross_entropy(logits, self._labels(inputs))
 
 
 @register_loss("uniform_ce")
@@ -53,13 +78,12 @@ class UniformCE(_TaskTerm):
     """CE to the uniform distribution over classes (pushes f to maximal uncertainty)."""
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        return -F.log_softmax(self.model(inputs.images), dim=-1).mean()
+        logits = self.model(inputs.images)
+        self._track(logits, inputs)
+        return -F.log_softmax(logits, dim=-1).mean()
 
 
 class _DenseTerm(_TaskTerm):
-    def __init__(self, stop_threshold: float | None = None):
-        self.stop_threshold = stop_threshold
-
     def _pair(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
         if inputs.dense is None:
             raise ConfigError(f"loss {self.name!r} needs dense targets (e.g. depth maps) in the source dataset")

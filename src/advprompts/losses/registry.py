@@ -74,7 +74,7 @@ class LossResources:
 class LossTerm:
     """A loss term. Subclasses take their params as keyword arguments and implement ``__call__``.
 
-    ``stop_threshold`` (regression terms): :attr:`last_task_loss` is compared to it after each step
+    ``stop_threshold`` (adversarial terms): :attr:`last_task_loss` is compared to it after each step
     and the loop stops early once the task loss reaches it.
     """
 
