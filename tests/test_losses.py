@@ -61,7 +61,7 @@ def test_classification_terms_on_known_logits():
 
 def test_opposite_ce_margin_stops_pushing_fooled_images():
     # Sample 0 already fools the model (opposite CE 0.018), sample 1 does not (CE 2.13).
-    logits = torch.tensor([[-2.0, 2.0], [0.0, -2.0]], requires_grad=True)
+    logits = torch.tensor([[-2.0, 2.0], [-2.0, 0.0]], requires_grad=True)
     inputs = LossInputs(images=torch.zeros(2, 3, 4, 4), labels=torch.tensor([0, 1]))
     plain = _term("opposite_ce", _Fixed(logits))(inputs)
     value = _term("opposite_ce", _Fixed(logits), margin=0.1)(inputs)
