@@ -89,7 +89,8 @@ def test_ap_lowers_its_adversarial_loss(_tiny_session, tmp_path):
     assert after < before - 0.05
     rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     assert [int(r["step"]) for r in rows] == list(range(12))
-    assert set(rows[0]) == {"prompt", "step", "opposite_ce", "total", "seconds"}
+    assert set(rows[0]) == {"prompt", "step", "opposite_ce", "grad_opposite_ce", "total", "seconds"}
+    assert all(float(r["grad_opposite_ce"]) > 0 for r in rows)
     assert (tmp_path / "run" / "samples" / "s0" / "step_000012.png").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file() and list((tmp_path / "run" / "tensorboard").iterdir())
 

@@ -201,6 +201,21 @@ def _save_checkpoint(path: Path, step: int, prompt: LearnablePrompt, opt: torch.
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _backward_per_term(weighted: dict[str, torch.Tensor], param: torch.Tensor, grad_accum: int) -> dict[str, float]:
+    """Accumulate the terms' gradients into ``param.grad`` one term at a time and return each weighted
+    term's gradient norm (``grad_<label>``): which term moves the prompt, on one scale."""
+    norms = {}
+    labels = list(weighted)
+    for i, label in enumerate(labels):
+        (grad,) = torch.autograd.grad(weighted[label] / grad_accum, param, retain_graph=i < len(labels) - 1,
+                                      allow_unused=True)
+        if grad is None:
+            grad = torch.zeros_like(param)
+        norms[f"grad_{label}"] = float(grad.norm()) * grad_accum
+        param.grad = grad if param.grad is None else param.grad + grad
+    return norms
+
+
 def _save_grid(path: Path, images: torch.Tensor) -> None:
     from torchvision.utils import save_image
 
@@ -279,7 +294,8 @@ def optimize(
             dump_config(config, out / "config.yaml")
     jobs = _jobs(config, dataset)
     mine = [job for job in jobs if job.index % shard[1] == shard[0]]
-    log = _Log(out, losses.labels, config.log.tensorboard, None, part=f"log-{shard[0]}-of-{shard[1]}.csv"
+    columns = losses.labels + ([f"grad_{label}" for label in losses.labels] if config.log.grad_norm_every else [])
+    log = _Log(out, columns, config.log.tensorboard, None, part=f"log-{shard[0]}-of-{shard[1]}.csv"
                if sharded else None, keys={job.key for job in mine})
     result = OptimResult(out_dir=out)
     try:
@@ -344,13 +360,17 @@ def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_
                                 dense=None if batch["dense"] is None else batch["dense"].to(device),
                                 prompt=prompt, class_names=names, step=step, generator=gen, prompt_slot=job.slot,
                                 sources=batch["image"].to(device))
-            total, parts = losses(inputs)
+            total, parts, weighted = losses.evaluate(inputs)
             if not torch.isfinite(total):
                 log.flush()
                 raise NaNLossError(f"loss of prompt {job.key} is {float(total.detach())} at step {step} (terms: {parts}); "
                                    f"last good checkpoint: {ckpt_path if ckpt_path.is_file() else 'none'}; "
                                    "lower optim.lr or check the loss weights")
-            (total / o.grad_accum).backward()
+            every = config.log.grad_norm_every
+            if every and step % every == 0:
+                parts.update(_backward_per_term(weighted, prompt.embeddings, o.grad_accum))
+            else:
+                (total / o.grad_accum).backward()
             for name, v in {**parts, "total": float(total.detach())}.items():
                 totals[name] = totals.get(name, 0.0) + v / o.grad_accum
         opt.step()

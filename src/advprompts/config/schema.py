@@ -101,6 +101,10 @@ class OptimConfig(_Strict):
 
 class LogConfig(_Strict):
     sample_every: int = Field(100, ge=0)       # 0 = never
+    # Every N steps, each term's weighted gradient norm on the prompt embeddings (grad_<term> in log.csv):
+    # the terms are then differentiated one by one (a second backward through the sampler when two
+    # terms read the images). 0 = never.
+    grad_norm_every: int = Field(1, ge=0)
     checkpoint_every: int = Field(100, ge=1)
     tensorboard: bool = True
     progress: bool = True

@@ -30,9 +30,27 @@ class _TaskTerm(LossTerm):
         if self.stop_threshold is not None:
             self.last_task_loss = float(F.cross_entropy(logits.detach(), self._labels(inputs)))
 
+class _ClassifierTerm(_TaskTerm):
+    """A term on a classifier's logits. ``temperature`` T divides the logits before the loss (the
+    paper's Waterbirds code: CE on 0.5 x logits, T = 2), which softens the model's confidence and so
+    keeps the CE's gradient alive longer as the model is fooled; the stop threshold is always read
+    on the plain logits."""
+
+    def __init__(self, temperature: float = 1.0, stop_threshold: float | None = None):
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}; expected > 0")
+        super().__init__(stop_threshold)
+        self.temperature = temperature
+
+    def logits(self, inputs: LossInputs) -> torch.Tensor:
+        """The model's logits divided by the temperature (the plain ones go to the stop tracking)."""
+        logits = self.model(inputs.images)
+        self._track(logits, inputs)
+        return logits / self.temperature
+
 
 @register_loss("opposite_ce")
-class OppositeCE(_TaskTerm):
+class OppositeCE(_ClassifierTerm):
     """CE towards the opposite class ``1 - y`` (binary tasks) or towards ``target_class``.
 
     ``margin``: an image whose CE is already below it (the model fooled with probability above
@@ -41,14 +59,14 @@ class OppositeCE(_TaskTerm):
     """
 
     def __init__(self, target_class: int | None = None, margin: float | None = None,
-                 stop_threshold: float | None = None):
+                 temperature: float = 1.0, stop_threshold: float | None = None):
         if margin is not None and margin <= 0:
             raise ValueError(f"margin={margin}; it is a CE value, > 0 (e.g. 0.1: fooled with p > 0.9)")
-        super().__init__(stop_threshold)
+        super().__init__(temperature, stop_threshold)
         self.target_class, self.margin = target_class, margin
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        logits = self.model(inputs.images)
+        logits = self.logits(inputs)
         y = self._labels(inputs)
         if self.target_class is not None:
             target = torch.full_like(y, int(self.target_class))
@@ -56,7 +74,6 @@ class OppositeCE(_TaskTerm):
             target = 1 - y
         else:
             raise ConfigError(f"opposite_ce without target_class needs a binary task; the model has {logits.shape[1]} classes")
-        self._track(logits, inputs)
         ce = F.cross_entropy(logits, target, reduction="none")
         if self.margin is not None:
             ce = torch.where(ce > self.margin, ce, ce.detach())
@@ -64,23 +81,41 @@ class OppositeCE(_TaskTerm):
 
 
 @register_loss("neg_ce")
-class NegCE(_TaskTerm):
-    """Minus the CE on the true label (maximises the task loss)."""
+class NegCE(_ClassifierTerm):
+    """Minus the CE on the true label (maximises the task loss). Its gradient on the logits grows as
+    the model is fooled (``opposite_ce``'s vanishes), so pair it with ``stop_threshold``."""
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        logits = self.model(inputs.images)
-        self._track(logits, inputs)
-        return -F.cross_entropy(logits, self._labels(inputs))
+        return -F.cross_entropy(self.logits(inputs), self._labels(inputs))
+
+
+@register_loss("logit_margin")
+class LogitMargin(_ClassifierTerm):
+    """Carlini-Wagner's margin: the true class's logit minus the largest other logit, floored at
+    ``-kappa``. Its gradient stays constant while the model is fooled (``opposite_ce``'s fades as
+    ``1 - p``), until the image is fooled by ``kappa`` logits, where it stops: each image is pushed
+    a fixed distance past the decision boundary, which bounds how far the scene drifts from its label."""
+
+    def __init__(self, kappa: float = 5.0, temperature: float = 1.0, stop_threshold: float | None = None):
+        if kappa < 0:
+            raise ValueError(f"kappa={kappa}; expected >= 0 (logits past the boundary)")
+        super().__init__(temperature, stop_threshold)
+        self.kappa = kappa
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        logits = self.logits(inputs)
+        y = self._labels(inputs)
+        true = logits.gather(1, y[:, None])[:, 0]
+        other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).max(dim=1).values
+        return (true - other).clamp(min=-self.kappa).mean()
 
 
 @register_loss("uniform_ce")
-class UniformCE(_TaskTerm):
+class UniformCE(_ClassifierTerm):
     """CE to the uniform distribution over classes (pushes f to maximal uncertainty)."""
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        logits = self.model(inputs.images)
-        self._track(logits, inputs)
-        return -F.log_softmax(logits, dim=-1).mean()
+        return -F.log_softmax(self.logits(inputs), dim=-1).mean()
 
 
 class _DenseTerm(_TaskTerm):

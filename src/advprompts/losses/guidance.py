@@ -1,14 +1,26 @@
 """Target-informed guidance terms (Feedback 2): text guidance, image guidance, TI denoising.
 
 Text guidance compares the *diffusion model's own* text encoder output for the learned prompt
-with the mean over target descriptions, or, with ``per_class``, over the descriptions of the prompt's
-class (e.g. land places for waterbird prompts: guidance straight to the missing combinations).
-With ``spread``, each prompt of a class is guided to one description of its own (the k-th prompt seed
-to description k mod n) instead of their mean: one prompt guided to the mean of "desert", "snow" and
-"forest" paints one blend of them, several prompts spread over the places.
+with target description embeddings. Every prompt sees the same descriptions (the paper's setting;
+the task model's loss decides which class goes where), combined by ``target_mode``:
+
+- ``mean`` (the paper): the distance to the mean of the descriptions. One prompt guided to the mean
+  of "desert", "snow" and "lake" paints one blend of them.
+- ``nearest``: the distance to the closest description: the target is the union of the descriptions
+  and the other terms (the adversary) choose which one a prompt goes to.
+- ``softmin``: ``-t * logsumexp(-d_k / t)`` over the descriptions' distances ``d_k``, a smooth
+  ``nearest`` (``softmin_temperature`` t; t -> 0 is ``nearest``, large t spreads the pull).
+
+Class-aware targets are an ablation that knows the answer: ``per_class`` gives each class its own
+descriptions (e.g. land places for waterbird prompts, the groups train lacks), and ``spread`` guides
+the k-th prompt of a class to description k mod n. They hand the guidance what the model's feedback
+exists to find.
+
 Pooling (``pooling`` param): ``eos`` (default) takes the state at the first end-of-text token after
 the final layer norm, CLIP's text embedding before projection; ``mean`` averages the states up to
-and including that token.
+and including that token; ``tokens`` keeps every token state (the paper's code: all 77 x width).
+``reduction`` (``text_l2``): ``sum`` over dimensions, or ``mean`` (the paper's code: a mean, which
+puts the term on the adversarial CE's scale).
 """
 
 from __future__ import annotations
@@ -19,6 +31,25 @@ import torch.nn.functional as F
 from advprompts.errors import ConfigError
 from advprompts.losses.registry import LossInputs, LossResources, LossTerm, register_loss
 from advprompts.prompts import encode_text, pool_text
+
+TARGET_MODES = ("mean", "nearest", "softmin")
+
+
+def check_target_mode(mode: str, temperature: float) -> None:
+    if mode not in TARGET_MODES:
+        raise ValueError(f"target_mode={mode!r}; expected one of {', '.join(TARGET_MODES)}")
+    if temperature <= 0:
+        raise ValueError(f"softmin_temperature={temperature}; expected > 0")
+
+
+def combine_targets(distances: torch.Tensor, mode: str, temperature: float = 1.0) -> torch.Tensor:
+    """Reduce (B, K) distances to K targets into (B,): the only target (``mean`` mode holds one row),
+    the nearest one, or their soft minimum."""
+    if mode == "nearest" or distances.shape[1] == 1:
+        return distances.min(dim=1).values
+    if mode == "softmin":
+        return -temperature * torch.logsumexp(-distances / temperature, dim=1)
+    raise ValueError(f"target_mode {mode!r} takes one target row, got {distances.shape[1]}")
 
 
 def _class_names(inputs: LossInputs) -> list[str | None]:
@@ -34,7 +65,8 @@ def _prompt_texts(inputs: LossInputs, template: str) -> list[str]:
 class _TextGuidance(LossTerm):
     def __init__(self, descriptions: list[str] | None = None, template: str = "{prompt}", pooling: str = "eos",
                  renormalize: bool = False, std_scaling: bool = False,
-                 per_class: dict[str, list[str]] | None = None, spread: bool = False):
+                 per_class: dict[str, list[str]] | None = None, spread: bool = False,
+                 target_mode: str = "mean", softmin_temperature: float = 1.0):
         groups = {None: descriptions} if descriptions is not None else {}
         groups.update(per_class or {})
         if not groups:
@@ -43,13 +75,20 @@ class _TextGuidance(LossTerm):
             if not texts or not all(isinstance(d, str) and d for d in texts):
                 where = "descriptions" if key is None else f"per_class[{key!r}]"
                 raise ValueError(f"{where} must be a non-empty list of target descriptions")
-        if pooling not in ("eos", "mean"):
-            raise ValueError(f"pooling={pooling!r}; expected 'eos' or 'mean'")
+        if pooling not in ("eos", "mean", "tokens"):
+            raise ValueError(f"pooling={pooling!r}; expected 'eos', 'mean' or 'tokens'")
+        check_target_mode(target_mode, softmin_temperature)
+        if spread and target_mode != "mean":
+            raise ValueError(f"spread assigns each prompt one description; it does not combine with "
+                             f"target_mode={target_mode!r}")
         self.groups, self.template, self.pooling = {k: list(v) for k, v in groups.items()}, template, pooling
         self.renormalize, self.std_scaling, self.spread = renormalize, std_scaling, spread
+        self.target_mode, self.softmin_temperature = target_mode, softmin_temperature
 
     def _pooled(self, texts: list[str]) -> torch.Tensor:
         hidden, ids = encode_text(self.c.tokenizer, self.c.text_encoder, texts)
+        if self.pooling == "tokens":
+            return hidden.float().flatten(1)
         return pool_text(hidden.float(), ids, self.c.tokenizer.eos_token_id, self.pooling)
 
     def setup(self, resources: LossResources) -> None:
@@ -64,14 +103,14 @@ class _TextGuidance(LossTerm):
             if self.renormalize:
                 # The mean of several directions is shorter than each; restore the typical norm.
                 target = target / target.norm() * emb.norm(dim=-1).mean()
-            # One row per target: every description with `spread`, else their mean.
-            self.targets[key] = emb if self.spread else target[None]
+            # The target rows: their mean (one row) in `mean` mode, else every description.
+            self.targets[key] = target[None] if self.target_mode == "mean" and not self.spread else emb
             # Per-dimension 1/std over the description embeddings (1 when there is only one).
             self.scales[key] = 1 / (emb.std(0) + 1e-3) if self.std_scaling and len(emb) > 1 else torch.ones_like(target)
 
     def target_for(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(targets, scales), one row per class in the batch (as `_prompt_texts` orders them); with
-        ``spread``, the prompt's own description (its slot among the class's prompts, modulo their number)."""
+        """(targets (B, K, D), scales (B, D)), one row per class in the batch (as `_prompt_texts` orders
+        them); with ``spread``, K = 1: the prompt's own description (its slot modulo their number)."""
         rows = []
         for name in _class_names(inputs):
             key = name if name in self.targets else None
@@ -79,27 +118,47 @@ class _TextGuidance(LossTerm):
                 raise ConfigError(f"text guidance has no target descriptions for class {name!r}: add it under "
                                   f"per_class, or give shared descriptions")
             rows.append(key)
-        picked = [self.targets[k][inputs.prompt_slot % len(self.targets[k])] for k in rows]
+        if self.spread:
+            picked = [self.targets[k][inputs.prompt_slot % len(self.targets[k])][None] for k in rows]
+        else:
+            picked = [self.targets[k] for k in rows]
+        if len({len(p) for p in picked}) > 1:
+            raise ConfigError("per_class description lists of different lengths need target_mode: mean")
         return torch.stack(picked), torch.stack([self.scales[k] for k in rows])
+
+    def distances(self, inputs: LossInputs) -> torch.Tensor:
+        """(B, K): the term's distance from each class's prompt embedding to each target row."""
+        raise NotImplementedError
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        return combine_targets(self.distances(inputs), self.target_mode, self.softmin_temperature).mean()
 
 
 @register_loss("text_l2")
 class TextL2(_TextGuidance):
-    """Squared L2 (sum over dimensions) to the mean description embedding."""
+    """Squared L2 to the target descriptions' embeddings, summed over dimensions (``reduction: sum``,
+    our default) or averaged (``mean``, the paper's code)."""
 
-    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+    def __init__(self, reduction: str = "sum", **kwargs):
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction={reduction!r}; expected 'sum' or 'mean'")
+        super().__init__(**kwargs)
+        self.reduction = reduction
+
+    def distances(self, inputs: LossInputs) -> torch.Tensor:
         pooled = self._pooled(_prompt_texts(inputs, self.template))
         target, scale = self.target_for(inputs)
-        return ((pooled - target) * scale).square().sum(-1).mean()
+        sq = ((pooled[:, None] - target) * scale[:, None]).square()
+        return sq.sum(-1) if self.reduction == "sum" else sq.mean(-1)
 
 
 @register_loss("text_cosine")
 class TextCosine(_TextGuidance):
-    """Negative cosine similarity to the mean description embedding."""
+    """Negative cosine similarity to the target descriptions' embeddings."""
 
-    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+    def distances(self, inputs: LossInputs) -> torch.Tensor:
         pooled = self._pooled(_prompt_texts(inputs, self.template))
-        return -F.cosine_similarity(pooled, self.target_for(inputs)[0], dim=-1).mean()
+        return -F.cosine_similarity(pooled[:, None], self.target_for(inputs)[0], dim=-1)
 
 
 def _load_targets(spec: str, max_images: int, size: int | None) -> torch.Tensor:
@@ -109,10 +168,16 @@ def _load_targets(spec: str, max_images: int, size: int | None) -> torch.Tensor:
 
 
 class _ImageGuidance(LossTerm):
-    def __init__(self, target_images: str, clip: str = "embedded-clip", max_images: int = 100):
+    """CLIP image guidance towards unlabelled target images: their mean embedding (``target_mode:
+    mean``, the paper), the nearest target image (``nearest``) or a soft minimum over them (``softmin``)."""
+
+    def __init__(self, target_images: str, clip: str = "embedded-clip", max_images: int = 100,
+                 target_mode: str = "mean", softmin_temperature: float = 1.0):
         if max_images < 1:
             raise ValueError(f"max_images={max_images}; expected >= 1")
+        check_target_mode(target_mode, softmin_temperature)
         self.spec, self.clip_spec, self.max_images = target_images, clip, max_images
+        self.target_mode, self.softmin_temperature = target_mode, softmin_temperature
 
     def setup(self, resources: LossResources) -> None:
         from advprompts.models.loading import load_clip
@@ -120,6 +185,7 @@ class _ImageGuidance(LossTerm):
         self.clip = load_clip(self.clip_spec, device=resources.device)
         embs = self.embed_images(self.spec, resources.device)
         self.target, self.target_unit = embs.mean(0), F.normalize(embs, dim=-1).mean(0)
+        self.target_rows = self.target[None] if self.target_mode == "mean" else embs
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.clip(images).float()
@@ -130,21 +196,28 @@ class _ImageGuidance(LossTerm):
         images = _load_targets(spec, self.max_images, None)
         return torch.cat([self.embed(images[i:i + 16].to(device)) for i in range(0, len(images), 16)])
 
+    def distances(self, embeddings: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        d = self.distances(self.embed(inputs.images))
+        return combine_targets(d, self.target_mode, self.softmin_temperature).mean()
+
 
 @register_loss("image_cosine")
 class ImageCosine(_ImageGuidance):
-    """Negative cosine between CLIP embeddings of the generations and the mean target embedding."""
+    """Negative cosine between CLIP embeddings of the generations and the target embedding(s)."""
 
-    def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        return -F.cosine_similarity(self.embed(inputs.images), self.target[None], dim=-1).mean()
+    def distances(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return -F.cosine_similarity(embeddings[:, None], self.target_rows[None], dim=-1)
 
 
 @register_loss("image_l2")
 class ImageL2(_ImageGuidance):
-    """Squared L2 between CLIP embeddings of the generations and the mean target embedding."""
+    """Squared L2 between CLIP embeddings of the generations and the target embedding(s)."""
 
-    def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        return (self.embed(inputs.images) - self.target[None]).square().sum(-1).mean()
+    def distances(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return (embeddings[:, None] - self.target_rows[None]).square().sum(-1)
 
 
 @register_loss("image_direction")

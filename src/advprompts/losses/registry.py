@@ -93,12 +93,25 @@ class LossTerm:
             and self.last_task_loss >= self.stop_threshold
 
 
+def _init_params(cls: type) -> set[str]:
+    """Keyword parameters of ``cls.__init__``, following ``**kwargs`` into the base classes."""
+    accepted: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        accepted |= {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {"self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return accepted
+
+
 def build_loss(name: str, **params) -> LossTerm:
     """Instantiate a registered loss term, turning bad params into a one-line ConfigError."""
     if name not in _LOSSES:
         raise ConfigError(f"loss {name!r} is unknown; available: {', '.join(list_losses())}")
     cls = _LOSSES[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    accepted = _init_params(cls)
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise ConfigError(f"loss {name!r} has no parameter {unknown[0]!r}; accepted: {', '.join(sorted(accepted))}")
@@ -139,16 +152,24 @@ class LossSet:
 
     def __call__(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         """Returns ``(total, {label: unweighted value, ...})``; inactive terms log NaN-free 0."""
+        total, logs, _ = self.evaluate(inputs)
+        return total, logs
+
+    def evaluate(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
+        """``(total, {label: unweighted value}, {label: weighted value tensor})``; the last holds the
+        active terms only (for their separate gradients)."""
         total = inputs.images.new_zeros(())
         logs: dict[str, float] = {}
+        weighted: dict[str, torch.Tensor] = {}
         for t in self.terms:
             if inputs.step < t.warmup:
                 logs[t.label] = 0.0
                 continue
             value = t.term(inputs)
             logs[t.label] = float(value.detach())
-            total = total + t.weight * value
-        return total, logs
+            weighted[t.label] = t.weight * value
+            total = total + weighted[t.label]
+        return total, logs, weighted
 
     def should_stop(self) -> bool:
         return any(t.term.should_stop() for t in self.terms)
