@@ -10,8 +10,7 @@ import torch
 import yaml
 
 from advprompts.experiments.config import ExperimentConfig, load_experiment_config
-from advprompts.experiments.loop import run_loop
-from advprompts.experiments.report import budget_table, write_report
+from advprompts.experiments.report import adversary_tables, budget_table, write_report
 from advprompts.experiments.runner import ExperimentRunner
 from advprompts.tasks.models import load_task_model
 from advprompts.tasks.train import Tensors, TrainRecipe, evaluate, train_classifier
@@ -106,18 +105,6 @@ def test_experiment_refuses_other_config(bench_dir, tmp_path, tiny):
                          tmp_path / "e", components=tiny, progress=False)
 
 
-def test_loop_iterates_and_resumes(bench_dir, tmp_path, tiny):
-    cfg = _config(bench_dir, methods={"ap": {"kind": "optimized", "optimize": "tiny-ap",
-                                             "set": ["optim.steps=1", "log.tensorboard=false"]}})
-    runner = ExperimentRunner(cfg, tmp_path / "loop", components=tiny, progress=False)
-    rows = run_loop(runner, "ap", iterations=2)
-    assert [r["iteration"] for r in rows] == [0, 1, 2]
-    assert rows[2]["n_extra"] > rows[1]["n_extra"] > 0
-    assert (tmp_path / "loop" / "prompts" / "ap-s0-it2").is_dir()
-    again = run_loop(ExperimentRunner(cfg, tmp_path / "loop", components=tiny, progress=False), "ap", iterations=2)
-    assert again == rows
-
-
 def test_per_group_prompts_and_transfer_rows(tmp_path, tiny):
     """wildcam-synth's shape: one GAP per target group, each guided by that group's own unlabelled images,
     and transfer rows (the same extra data fine-tuning another architecture)."""
@@ -143,6 +130,51 @@ def test_per_group_prompts_and_transfer_rows(tmp_path, tiny):
     assert sorted(r["method"] for r in rows) == ["gap", "gap->resnet18", "no_extra"]
 
 
+def test_adversary_finds_prompts_against_another_architecture(bench_dir, tmp_path, tiny):
+    """`adversary: resnet18` optimises against the seed's ResNet-18 base model while the experiment fine-tunes
+    small_cnn; with transfer=[resnet18] the report shows the 2 x 2 (found against x fine-tuned)."""
+    opt = {"kind": "optimized", "optimize": "tiny-ap", "set": ["optim.steps=1", "log.tensorboard=false"]}
+    cfg = _config(bench_dir, budgets=[1.0], transfer=["resnet18"],
+                  methods={"ap": opt, "ap_r18": dict(opt, adversary="resnet18")})
+    out = tmp_path / "adv"
+    rows = ExperimentRunner(cfg, out, components=tiny, progress=False).run()
+    for method, arch in (("ap", "small_cnn"), ("ap_r18", "resnet18")):
+        task = yaml.safe_load((out / "prompts" / f"{method}-s0" / "config.yaml").read_text())["task"]
+        assert task["arch"] == arch
+        assert task["weights"] == str(out / "models" / f"base-{arch}-s0.safetensors")
+    assert sorted(r["method"] for r in rows) == ["ap", "ap->resnet18", "ap_r18", "ap_r18->resnet18"]
+    wg = {r["method"]: 100 * r["worst_group_acc"] for r in rows}
+    text = write_report(out, cfg).read_text()
+    assert "## Model-specific data" in text
+    assert "| prompts found against | fine-tuned small_cnn | fine-tuned resnet18 |" in text
+    assert f"| small_cnn (`ap`) | {wg['ap']:.1f} | {wg['ap->resnet18']:.1f} |" in text
+    assert f"| resnet18 (`ap_r18`) | {wg['ap_r18']:.1f} | {wg['ap_r18->resnet18']:.1f} |" in text
+
+
+def test_adversary_table_and_validation(bench_dir):
+    opt = {"kind": "optimized", "optimize": "tiny-gap"}
+    cfg = _config(bench_dir, transfer=["resnet18"], methods={
+        "no_extra": {"kind": "no_extra"}, "gap": opt, "gap_r": dict(opt, adversary="resnet18"),
+        "ap": {"kind": "optimized", "optimize": "tiny-ap"}})
+    rows = [{"method": m, "n_extra": n, "seed": s, "worst_group_acc": w}
+            for m, n, s, w in [("gap", 4, 0, 0.1), ("gap", 4, 1, 0.2), ("gap->resnet18", 4, 0, 0.3),
+                               ("gap->resnet18", 4, 1, 0.5), ("gap_r", 4, 0, 0.4), ("gap_r", 4, 1, 0.4),
+                               ("gap_r->resnet18", 4, 0, 0.6), ("gap_r", 2, 0, 0.9), ("ap", 4, 0, 0.7),
+                               ("no_extra", 0, 0, 0.0)]]
+    lines = adversary_tables(rows, cfg)
+    assert "at 4 extra images" in lines[0]
+    assert lines[2:6] == ["| prompts found against | fine-tuned small_cnn | fine-tuned resnet18 |", "|---|---|---|",
+                          "| small_cnn (`gap`) | 15.0 ± 7.1 | 40.0 ± 14.1 |",  # sample std (ddof=1)
+                          "| resnet18 (`gap_r`) | 40.0 ± 0.0 | 60.0 |"]      # one seed: the mean alone
+    assert adversary_tables(rows, cfg, n_extra=2)[4:6] == ["| small_cnn (`gap`) |  |  |",
+                                                           "| resnet18 (`gap_r`) | 90.0 |  |"]
+    assert adversary_tables(rows, _config(bench_dir, methods={"gap": opt})) == []  # no adversary: no table
+    with pytest.raises(ValueError, match="optimized methods only"):
+        _config(bench_dir, methods={"t": {"kind": "text", "adversary": "resnet18"}})
+    with pytest.raises(ValueError, match="not a task model"):
+        _config(bench_dir, methods={"g": dict(opt, adversary="resnet7")})
+
+
 def test_budget_table_pivots_mean_and_std_over_seeds():
     rows = [{"method": m, "n_extra": n, "seed": s, "worst_group_acc": w, "avg_acc": a}
             for m, n, s, w, a in [("no_extra", 0, 0, 0.01, 0.5), ("no_extra", 0, 1, 0.03, 0.6),
@@ -150,9 +182,9 @@ def test_budget_table_pivots_mean_and_std_over_seeds():
                                   ("ap", 40, 0, 0.1, 0.55)]]
     lines = budget_table(rows).splitlines()
     assert lines[0] == "| method | 0 extra | 20 extra | 40 extra |"
-    assert lines[2] == "| no_extra | 2.0 ± 1.0 / 55.0 |  |  |"  # methods without extra data first
+    assert lines[2] == "| no_extra | 2.0 ± 1.4 / 55.0 |  |  |"  # sample std (ddof 1); methods without extra data first
     assert lines[3] == "| ap |  |  | 10.0 ± 0.0 / 55.0 |"
-    assert lines[4] == "| gap |  | 45.0 ± 5.0 / 85.0 | 60.0 ± 0.0 / 70.0 |"
+    assert lines[4] == "| gap |  | 45.0 ± 7.1 / 85.0 | 60.0 ± 0.0 / 70.0 |"
 
 
 def test_presets_validate():

@@ -40,11 +40,22 @@ class MethodSpec(_Strict):
     num_tokens: int = Field(5, ge=1)        # random: tokens per prompt
     template: str = "{prompt}"              # random: prompt template
     augment: Literal["cutmix", "randaugment"] | None = None
+    # optimized: the task architecture the prompts are found against (its base model for the seed);
+    # default the experiment's task.arch. With ``transfer`` this separates model-specific data effects.
+    adversary: str | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> "MethodSpec":
         if self.kind == "optimized" and not self.optimize:
             raise ValueError("an optimized method needs `optimize` (a preset name or YAML file)")
+        if self.adversary is not None:
+            from advprompts.tasks.models import list_task_models
+
+            if self.kind != "optimized":
+                raise ValueError("`adversary` applies to optimized methods only")
+            if self.adversary not in list_task_models() and ":" not in self.adversary:
+                raise ValueError(f"adversary {self.adversary!r} is not a task model; available: "
+                                 f"{', '.join(list_task_models())}, torchvision:<name>, timm:<name>")
         if self.kind == "augment" and self.augment is None:
             raise ValueError("an augment method needs `augment: cutmix | randaugment`")
         return self

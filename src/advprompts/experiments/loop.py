@@ -1,9 +1,17 @@
-"""`advprompts loop`: the multi-iteration variant. Each iteration finds prompts against the current
-model, generates a pool, fine-tunes the current model on train + every pool so far, evaluates.
+"""`advprompts loop`: the multi-round variant, one independent chain per (method, seed). Each round
+builds a fresh pool (optimised methods find prompts against the model of the round before), fine-tunes
+that model on train + every pool of the chain so far, and evaluates it.
 
-Iteration i writes ``prompts/<method>-s<seed>-it<i>/``, ``pools/<method>-s<seed>-it<i>/`` and
-``models/<method>-s<seed>-it<i>.safetensors``; ``loop.csv`` holds one row per iteration (iteration 0
-is the base model). Finished iterations are reused, so a killed loop resumes.
+Round 1 is exactly the experiment's pool for the seed (``pools/<method>-s<seed>/``, so a loop run in
+an experiment folder reuses it); round r >= 2 draws new prompt inits, optimisation batches and noise,
+train sources and generation noise from ``draw_seed(seed, r)`` into ``prompts|pools/<method>-s<seed>-r<r>/``.
+The chain's model is the method's adversary architecture (default task.arch)::
+
+    OUT/models/loop/<method>-s<seed>-r<r>.safetensors   the model after round r
+    OUT/cells/loop/<method>-s<seed>-r<r>.json           its evaluation (round 0 = base model); present = done
+    OUT/loop.csv, OUT/loop.md                           one row per (method, seed, round); the table
+
+Finished rounds are reused, so a killed loop resumes.
 """
 
 from __future__ import annotations
@@ -13,47 +21,106 @@ import io
 import json
 from pathlib import Path
 
+from advprompts.errors import ConfigError
+from advprompts.experiments.config import ExperimentConfig
 from advprompts.experiments.runner import ExperimentRunner
 from advprompts.rundir import atomic_write_text
 from advprompts.tasks.train import Tensors, evaluate, save_task_weights, train_classifier
 
+LOOP_COLUMNS = ["method", "seed", "round", "n_extra", "avg_acc", "worst_group_acc"]
 
-def run_loop(runner: ExperimentRunner, method: str, iterations: int, seed: int | None = None) -> list[dict]:
+
+def loop_methods(config: ExperimentConfig, methods: str | list[str] | None = None) -> list[str]:
+    """The methods to iterate (default: every generated one), checked before anything is written:
+    methods without generated data have nothing to renew each round."""
+    if methods is None:
+        methods = [m for m, spec in config.methods.items() if spec.generated]
+    elif isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError("the experiment config has no generated method (text, random, optimized) to loop")
+    for m in methods:
+        if m not in config.methods:
+            raise ConfigError(f"method {m!r} is not in the experiment config; its methods: {', '.join(config.methods)}")
+        if not config.methods[m].generated:
+            raise ConfigError(f"method {m!r} ({config.methods[m].kind}) generates no data, so it cannot loop; "
+                              "pick text, random or optimized methods")
+    return methods
+
+
+def run_chain(runner: ExperimentRunner, method: str, seed: int, rounds: int) -> list[dict]:
+    """Rounds 0..``rounds`` of one (method, seed) chain."""
     from advprompts.tasks.models import load_task_model
 
     c = runner.config
-    if method not in c.methods:
-        raise ValueError(f"method {method!r} is not in the experiment config; its methods: {', '.join(c.methods)}")
     spec = c.methods[method]
-    seed = c.seeds[0] if seed is None else seed
-    weights = runner.out / "models" / f"base-{c.task.arch}-s{seed}.safetensors"
-    model = runner.base_model(seed)
-    rows = [{"iteration": 0, "n_extra": 0, **evaluate(model, runner.eval_data).row()}]
-    pools: list[Tensors] = []
-    for it in range(1, iterations + 1):
-        tag = f"-it{it}"
-        pools.append(runner.pool(method, spec, seed, tag=tag, weights=weights))
-        path = runner.out / "models" / f"{method}-s{seed}{tag}.safetensors"
-        done = path.with_suffix(".json")
-        if done.is_file():
-            row = json.loads(done.read_text())
-        else:
-            runner.say(f"iteration {it}: fine-tuning on train + {sum(len(p) for p in pools)} generated images")
-            model = load_task_model(c.task.arch, runner.num_classes, weights=weights,
+    arch = runner.adversary(spec)
+    cells = runner.out / "cells" / "loop"
+    key = f"{method}-s{seed}"
+
+    def cached(rnd: int, model_file: Path | None, make) -> dict:
+        path = cells / f"{key}-r{rnd}.json"
+        if path.is_file() and (model_file is None or model_file.is_file()):
+            return json.loads(path.read_text())
+        row = {"method": method, "seed": seed, "round": rnd, **make()}
+        cells.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(row))  # last: its presence marks the round done
+        return row
+
+    rows = [cached(0, None, lambda: {"n_extra": 0, **evaluate(runner.base_model(seed, arch), runner.eval_data).row()})]
+    weights, pools = None, []  # None: round 1 attacks the base model, exactly as the experiment does
+    for rnd in range(1, rounds + 1):
+        pools.append(runner.pool(method, spec, seed, weights=weights, rnd=rnd))
+        n_extra = sum(len(p) for p in pools)
+        path = runner.out / "models" / "loop" / f"{key}-r{rnd}.safetensors"
+
+        def fine_tune() -> dict:
+            start = weights or runner.base_path(seed, arch)
+            runner.base_model(seed, arch)  # makes sure the base weights exist
+            runner.say(f"{method} s{seed} round {rnd}: fine-tuning on train + {n_extra} generated images")
+            model = load_task_model(arch, runner.num_classes, weights=start,
                                     input_size=c.task.input_size).to(runner.device)
-            train_classifier(model, Tensors.concat([runner.train_data, *pools]), c.finetune, seed=seed + it,
-                             progress=runner.progress, desc=f"fine-tune it{it}")
+            train_classifier(model, Tensors.concat([runner.train_data, *pools]), c.finetune, seed=seed + rnd,
+                             progress=runner.progress, desc=f"fine-tune {key} r{rnd}")
+            path.parent.mkdir(parents=True, exist_ok=True)
             save_task_weights(model, path)
-            row = {"iteration": it, "n_extra": sum(len(p) for p in pools), **evaluate(model, runner.eval_data).row()}
-            atomic_write_text(done, json.dumps(row))
+            return {"n_extra": n_extra, **evaluate(model, runner.eval_data).row()}
+
+        row = cached(rnd, path, fine_tune)
         rows.append(row)
         weights = path
-        runner.say(f"iteration {it}: worst-group {100 * row['worst_group_acc']:.1f}%, "
+        runner.say(f"{method} s{seed} round {rnd}: worst-group {100 * row['worst_group_acc']:.1f}%, "
                    f"average {100 * row['avg_acc']:.1f}%")
-    columns = list(dict.fromkeys(k for r in rows for k in r))
+    return rows
+
+
+def run_loop(runner: ExperimentRunner, methods: str | list[str] | None, rounds: int,
+             seeds: list[int] | None = None) -> list[dict]:
+    """Every (method, seed) chain (default seeds: the config's); writes loop.csv and loop.md as chains finish."""
+    methods = loop_methods(runner.config, methods)
+    rows: list[dict] = []
+    for seed in runner.config.seeds if seeds is None else seeds:
+        for method in methods:
+            rows += run_chain(runner, method, seed, rounds)
+            write_loop_files(runner.out, rows)
+    return rows
+
+
+def write_loop_files(out: Path, rows: list[dict]) -> Path:
+    """``loop.csv`` (one row per method, seed and round; then one ``acc_<group>`` column per group) and
+    ``loop.md`` (worst-group accuracy per round, mean ± std over seeds)."""
+    from advprompts.experiments.report import loop_table
+
+    groups = sorted({k for r in rows for k in r if k.startswith("acc_")})
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer = csv.DictWriter(buf, fieldnames=LOOP_COLUMNS + groups, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(runner.out / "loop.csv", buf.getvalue())
-    return rows
+    atomic_write_text(out / "loop.csv", buf.getvalue())
+    seeds = sorted({int(r["seed"]) for r in rows})
+    text = ["# Loop", "", f"Worst-group accuracy (%) per round, mean ± std over seeds {seeds} "
+            "(round 0: the base model; each round fine-tunes the previous round's model on train + every "
+            "pool of its chain so far).", "", loop_table(rows), "", "Average accuracy (%):", "",
+            loop_table(rows, "avg_acc"), ""]
+    atomic_write_text(out / "loop.md", "\n".join(text))
+    return out / "loop.csv"

@@ -5,6 +5,7 @@ by the task model or the CLIP used for guidance), decoded prompts and optimisati
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from pathlib import Path
 
@@ -45,6 +46,62 @@ def budget_table(rows: list[dict]) -> str:
                          f" / {100 * r['avg_mean']:.1f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _mean_std(values: list[float]) -> str:
+    """Mean ± sample std (ddof=1) in %; the mean alone for one value (no spread to estimate)."""
+    v = 100 * np.asarray(values, dtype=float)
+    return f"{v.mean():.1f}" if len(v) == 1 else f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
+
+
+def loop_table(rows: list[dict], key: str = "worst_group_acc") -> str:
+    """Methods x loop rounds (``loop.csv`` rows), each cell ``key`` as mean ± std over seeds in %."""
+    cells: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        cells.setdefault(r["method"], {}).setdefault(int(r["round"]), []).append(float(r[key]))
+    rounds = sorted({n for per in cells.values() for n in per})
+    lines = ["| method | " + " | ".join(f"round {n}" for n in rounds) + " |", "|---" * (len(rounds) + 1) + "|"]
+    for method, per in cells.items():
+        lines.append(f"| {method} | " + " | ".join(_mean_std(per[n]) if n in per else "" for n in rounds) + " |")
+    return "\n".join(lines)
+
+
+def adversary_tables(rows: list[dict], config, n_extra: int | None = None) -> list[str]:
+    """Model-specific data: for optimised methods that differ only in ``adversary``, the worst-group
+    accuracy (mean ± std over seeds, %) with rows = the architecture the prompts were found against and
+    columns = the architecture fine-tuned on them (``transfer``), at ``n_extra`` (default: the largest
+    budget). Empty when no method names an adversary other than task.arch."""
+    task = config.task.arch
+    families: dict[str, list[tuple[str, str]]] = {}
+    for name, spec in config.methods.items():
+        if spec.kind == "optimized":
+            key = json.dumps(spec.model_dump(mode="json", exclude={"adversary"}), sort_keys=True)
+            families.setdefault(key, []).append((spec.adversary or task, name))
+    lines = []
+    for members in families.values():
+        if all(adv == task for adv, _ in members):
+            continue
+        values: dict[tuple[str, str, int], list[float]] = {}
+        for r in rows:
+            name, _, tuned = r["method"].partition("->")
+            adv = next((a for a, m in members if m == name), None)
+            if adv is not None:
+                values.setdefault((adv, tuned or task, int(r["n_extra"])), []).append(float(r["worst_group_acc"]))
+        if not values:
+            continue
+        n = n_extra if n_extra is not None else max(k[2] for k in values)
+        advs = sorted({a for a, _ in members}, key=lambda a: (a != task, a))
+        tuned = sorted({t for _, t, _ in values}, key=lambda t: (t != task, t))
+        lines += [f"Prompts found against one architecture, fine-tuning another: worst-group accuracy (%) at "
+                  f"{n} extra images (rows: prompts found against; columns: fine-tuned).", "",
+                  "| prompts found against | " + " | ".join(f"fine-tuned {t}" for t in tuned) + " |",
+                  "|---" * (len(tuned) + 1) + "|"]
+        for adv in advs:
+            names = ", ".join(f"`{m}`" for a, m in members if a == adv)
+            lines.append(f"| {adv} ({names}) | " + " | ".join(
+                _mean_std(values[(adv, t, n)]) if (adv, t, n) in values else "" for t in tuned) + " |")
+        lines.append("")
+    return lines
 
 
 def plot_accuracy(rows: list[dict], path: Path) -> Path:
@@ -250,9 +307,12 @@ def write_report(out: str | Path, config, components=None, oracle=None) -> Path:
     lines = [f"# Experiment `{config.name}` on `{config.benchmark}`", "",
              f"Task model `{config.task.arch}`, fine-tuned {config.finetune.epochs} epochs on train + extra data; "
              f"evaluated on `{config.eval_split}`; seeds {config.seeds}; diffusion model `{config.model}`.", "",
-             "## Results (mean ± std over seeds, %)", "", results_table(rows), "",
-             "Worst-group accuracy (mean ± std) / average accuracy per number of extra images:", "",
+             "## Results (mean ± sample std (ddof 1) over seeds, %)", "", results_table(rows), "",
+             "Worst-group accuracy (mean ± sample std) / average accuracy per number of extra images:", "",
              budget_table(rows), ""]
+    adversary = adversary_tables(rows, config)
+    if adversary:
+        lines += ["## Model-specific data", "", *adversary]
     plot_accuracy(rows, figs / "accuracy_vs_extra.png")
     lines += ["![accuracy vs extra images](figures/accuracy_vs_extra.png)", ""]
     train_ds = resolve_dataset(config.benchmark, split=config.train_split)

@@ -8,6 +8,7 @@ pool's first ``n_extra`` images and evaluate on the eval split. Folder layout::
     OUT/models/                base task models (safetensors)
     OUT/prompts/<method>-s<seed>/   optimisation runs (prompt files, log.csv)
     OUT/pools/<method>-s<seed>/     generated images + metadata.csv
+                                    (``loop`` rounds r >= 2 add ``-r<r>`` to both)
     OUT/cells/<method>-n<n>-s<seed>.json   one evaluated cell; present = done
     OUT/results.csv, OUT/report.md, OUT/figures/
 """
@@ -34,6 +35,20 @@ from advprompts.tasks.train import Tensors, evaluate, load_tensors, save_task_we
 
 logger = logging.getLogger(__name__)
 BASE_COLUMNS = ["benchmark", "method", "n_extra", "seed", "avg_acc", "worst_group_acc"]
+
+
+def draw_seed(seed: int, rnd: int = 1) -> int:
+    """The seed of round ``rnd``'s random draws (prompt inits, sources, generation noise). Round 1 is
+    the experiment's own seed, so a loop's first round rebuilds (and can reuse) the experiment's pool;
+    later rounds get seeds >= 10**6, apart from any experiment seed and from each other."""
+    if rnd == 1:
+        return seed
+    return 1_000_000 + int(np.random.SeedSequence([seed, rnd]).generate_state(1)[0]) % 1_000_000
+
+
+def round_tag(rnd: int) -> str:
+    """Folder suffix of a loop round's prompts and pool (round 1 shares the experiment's folders)."""
+    return "" if rnd == 1 else f"-r{rnd}"
 
 
 class ExperimentRunner:
@@ -116,12 +131,19 @@ class ExperimentRunner:
             load_backbone(model, self.config.task.init)
         return model
 
+    def adversary(self, spec: MethodSpec) -> str:
+        """The architecture a method's prompts are found against."""
+        return spec.adversary or self.config.task.arch
+
+    def base_path(self, seed: int, arch: str | None = None) -> Path:
+        return self.out / "models" / f"base-{arch or self.config.task.arch}-s{seed}.safetensors"
+
     def base_model(self, seed: int, arch: str | None = None):
         """The task model trained on the train split (cached in OUT/models)."""
         from advprompts.tasks.models import load_task_model
 
         arch = arch or self.config.task.arch
-        path = self.out / "models" / f"base-{arch}-s{seed}.safetensors"
+        path = self.base_path(seed, arch)
         if not path.is_file():
             self.say(f"training the base {arch} on {self.config.benchmark}:{self.config.train_split} (seed {seed})")
             torch.manual_seed(seed)
@@ -131,8 +153,9 @@ class ExperimentRunner:
         return load_task_model(arch, self.num_classes, weights=path, input_size=self.config.task.input_size).to(self.device)
 
     # ------------------------------------------------------------------ pools
-    def pool(self, name: str, spec: MethodSpec, seed: int, tag: str = "", weights: Path | None = None) -> Tensors:
-        """The method's extra data; ``weights`` replaces the base model as the adversary (``loop``)."""
+    def pool(self, name: str, spec: MethodSpec, seed: int, weights: Path | None = None, rnd: int = 1) -> Tensors:
+        """The method's extra data. ``loop`` passes its round ``rnd`` (fresh random draws from round 2 on)
+        and ``weights``, the model of the round before, which replaces the adversary's base model."""
         c = self.config
         if spec.kind == "no_extra":
             return self.train_data.subset([])
@@ -142,41 +165,42 @@ class ExperimentRunner:
             return real_pool(c.benchmark, c.ood_split, seed, c.max_extra, self.task_size)
         if spec.kind == "augment":
             return augment_pool(self.train_data, seed, c.max_extra)
-        pool_dir = self.out / "pools" / f"{name}-s{seed}{tag}"
+        pool_dir = self.out / "pools" / f"{name}-s{seed}{round_tag(rnd)}"
+        draw = draw_seed(seed, rnd)
         if not (pool_dir / "metadata.csv").is_file():
             comps = fresh_text_side(self.components)
-            units = self._units(name, spec, seed, pool_dir, comps, tag, weights)
-            self.say(f"{name}: generating {c.max_extra} images (seed {seed})")
-            generate_units(units, pool_dir, comps, c.generation, seed, self.train_ds, device=c.device)
-        return load_pool(pool_dir, seed, c.max_extra, self.task_size)
+            units = self._units(name, spec, seed, pool_dir, comps, weights, rnd)
+            self.say(f"{name}: generating {c.max_extra} images (seed {seed}" + (f", round {rnd})" if rnd > 1 else ")"))
+            generate_units(units, pool_dir, comps, c.generation, draw, self.train_ds, device=c.device)
+        return load_pool(pool_dir, draw, c.max_extra, self.task_size)
 
-    def _units(self, name: str, spec: MethodSpec, seed: int, pool_dir: Path, comps, tag: str = "",
-               weights: Path | None = None) -> list[dict]:
+    def _units(self, name: str, spec: MethodSpec, seed: int, pool_dir: Path, comps,
+               weights: Path | None = None, rnd: int = 1) -> list[dict]:
         """What to generate: (prompts, train sources) units adding up to about ``max_extra`` images."""
-        n = self.config.max_extra
+        n, draw = self.config.max_extra, draw_seed(seed, rnd)
         if spec.kind == "text":
             texts = spec.prompts or self.target_descriptions()
-            return [{"prompts": texts, "sources": source_picks(self.train_ds, n, len(texts), seed)}]
+            return [{"prompts": texts, "sources": source_picks(self.train_ds, n, len(texts), draw)}]
         if spec.kind == "random":
             from advprompts.prompts import LearnablePrompt
 
             files = []
             for i in range(spec.num_prompts):
                 p = LearnablePrompt(comps.tokenizer, comps.text_encoder, num_tokens=spec.num_tokens,
-                                    prefix=f"rand-s{seed}-{i}", init="vocab-gaussian", seed=seed * 1000 + i,
+                                    prefix=f"rand-s{draw}-{i}", init="vocab-gaussian", seed=draw * 1000 + i,
                                     template=spec.template)
                 files.append(p.save(pool_dir / "prompts" / f"prompt_{i}.safetensors"))
-            return [{"prompt_files": files, "sources": source_picks(self.train_ds, n, len(files), seed)}]
-        results = self.optimize_prompts(name, spec, seed, comps, tag, weights)
+            return [{"prompt_files": files, "sources": source_picks(self.train_ds, n, len(files), draw)}]
+        results = self.optimize_prompts(name, spec, seed, comps, weights, rnd)
         by_class: dict[int | None, list[Path]] = {}
         for r in results:
             by_class.setdefault(r.class_label, []).append(r.file)
         if list(by_class) == [None]:
             files = by_class[None]
-            return [{"prompt_files": files, "sources": source_picks(self.train_ds, n, len(files), seed)}]
+            return [{"prompt_files": files, "sources": source_picks(self.train_ds, n, len(files), draw)}]
         # Per-class prompts apply to sources of their class only (equal images per class).
         per_class = n / len(by_class)
-        return [{"prompt_files": files, "sources": source_picks(self.train_ds, per_class, len(files), seed, label)}
+        return [{"prompt_files": files, "sources": source_picks(self.train_ds, per_class, len(files), draw, label)}
                 for label, files in sorted(by_class.items())]
 
     def target_descriptions(self) -> list[str]:
@@ -188,25 +212,30 @@ class ExperimentRunner:
             raise ValueError("this benchmark has no target descriptions; give the method `prompts`")
         return texts
 
-    def optimize_prompts(self, name: str, spec: MethodSpec, seed: int, comps, tag: str = "",
-                         weights: Path | None = None) -> list:
-        """Run the method's optimisation preset against this seed's base model (one run per target
-        group with ``per_group``); finished runs are reused, interrupted ones resume."""
+    def optimize_prompts(self, name: str, spec: MethodSpec, seed: int, comps, weights: Path | None = None,
+                         rnd: int = 1) -> list:
+        """Run the method's optimisation preset against this seed's base model of its adversary
+        architecture, or against ``weights`` of that architecture (one run per target group with
+        ``per_group``); finished runs are reused, interrupted ones resume."""
         from advprompts.config.presets import apply_overrides, read_yaml
         from advprompts.config.schema import parse_config
         from advprompts.optimize import optimize
 
         base = read_yaml(spec.optimize)
         base = apply_overrides(base, spec.set)
+        arch, draw, tag = self.adversary(spec), draw_seed(seed, rnd), round_tag(rnd)
         if weights is None:
-            weights = self.out / "models" / f"base-{self.config.task.arch}-s{seed}.safetensors"
-            self.base_model(seed)  # makes sure the weights exist
+            weights = self.base_path(seed, arch)
+            self.base_model(seed, arch)  # makes sure the weights exist
         base["data"] = {"source": self.config.benchmark, "split": self.config.train_split}
-        base["task"] = {"arch": self.config.task.arch, "num_classes": self.num_classes, "weights": str(weights),
+        base["task"] = {"arch": arch, "num_classes": self.num_classes, "weights": str(weights),
                         "input_size": self.config.task.input_size}
         base.setdefault("model", {}).update(diffusion=self.config.model, device=self.config.device)
         prompt = base.setdefault("prompt", {})
-        prompt["seeds"] = [seed * 1000 + s for s in prompt.get("seeds", [0])]
+        prompt["seeds"] = [draw * 1000 + s for s in prompt.get("seeds", [0])]
+        if rnd > 1:  # fresh batches and noise too (round 1 keeps the preset's, as the experiment does)
+            optim = base.setdefault("optim", {})
+            optim["seed"] = optim.get("seed", 0) + draw
         if self.config.generation.class_words:  # one vocabulary for optimising and generating
             prompt["class_words"] = self.config.generation.class_words
         base.setdefault("log", {})["progress"] = self.progress
@@ -287,7 +316,7 @@ class ExperimentRunner:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and std over seeds per (method, n_extra)."""
+    """Mean and sample std (ddof 1; 0 for one seed) over seeds per (method, n_extra)."""
     cells: dict[tuple[str, int], list[dict]] = {}
     for r in rows:
         cells.setdefault((r["method"], int(r["n_extra"])), []).append(r)
@@ -296,5 +325,10 @@ def summarize(rows: list[dict]) -> list[dict]:
         wg = np.array([float(r["worst_group_acc"]) for r in rs])
         avg = np.array([float(r["avg_acc"]) for r in rs])
         out.append({"method": method, "n_extra": n, "seeds": len(rs), "worst_group_mean": wg.mean(),
-                    "worst_group_std": wg.std(), "avg_mean": avg.mean(), "avg_std": avg.std()})
+                    "worst_group_std": _sample_std(wg), "avg_mean": avg.mean(), "avg_std": _sample_std(avg)})
     return out
+
+
+def _sample_std(values: np.ndarray) -> float:
+    """The sample standard deviation (ddof 1), 0 for a single value."""
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
