@@ -4,6 +4,7 @@ results.csv, report, loop; and the fine-tuning recipe itself on separable data."
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -90,7 +91,7 @@ def test_experiment_cells_results_report_and_resume(bench_dir, tmp_path, tiny):
 
     report = write_report(out, cfg, components=tiny, oracle=Oracle().eval())
     text = report.read_text()
-    assert "absent from train (train holds only landbird-land, waterbird-water)" in text
+    assert "absent from train or under a quarter of their class there (train holds landbird-land, waterbird-water)" in text
     assert "| ap | 4 | 1 |" in text and (out / "figures" / "accuracy_vs_extra.png").is_file()
     assert "## Learned prompts" in text and (out / "figures" / "grid_ap-s0.png").is_file()
 
@@ -287,7 +288,7 @@ def test_composition_for_a_location_shift(tmp_path):
     the report gives the share at the evaluated place and at night, and no 'missing groups' column."""
     from PIL import Image
 
-    from advprompts.experiments.report import _composition_section
+    from advprompts.experiments.composition import composition_context, composition_section, pool_compositions
     from advprompts.world.places import PLACES
     from advprompts.world.render import camera_location
     from advprompts.zoo.corpus import OBJECT_NAMES, PLACE_NAMES
@@ -311,13 +312,51 @@ def test_composition_for_a_location_shift(tmp_path):
     oracle = _FixedOracle({"object": [OBJECT_NAMES.index("cattle")] * 3 + [OBJECT_NAMES.index("zebra")],
                            "place": [PLACE_NAMES.index(p) for p in (target, target, target, other)],
                            "night": [1, 0, 0, 0]})
-    cfg = type("Cfg", (), {"train_split": "train", "eval_split": "test"})
-    bench = yaml.safe_load((root / "benchmark.yaml").read_text())
     with open(root / "metadata.csv", newline="") as f:
         train = [r for r in csv.DictReader(f) if r["split"] == "train"]
     assert target not in {r["place"] for r in train}
-    lines = _composition_section([pool], bench, root, cfg, oracle)
+    ctx = composition_context(root, "train", "test")
+    lines = composition_section(pool_compositions([pool], ctx, oracle), ctx)
     night = round(100 * sum(r["time"] == "night" for r in train) / len(train))
     assert f"`train` has 0% and {night}%, `test` 100% and 50%" in lines[0]
     assert lines[2] == f"| set | images | faithfulness | at {target} | at night | groups |"
     assert lines[4] == "| pool | 4 | 75.0% | 75% | 25% | cattle-land 50%, cattle-land-night 25%, other-land 25% |"
+
+
+def test_rare_train_groups_count_as_missing_and_pool_columns(tmp_path):
+    """A partial correlation (waterbirds-synth-95's shape): a group under a quarter of its class's train images
+    counts as missing; each generated method's results rows get its pool's faithfulness and that share."""
+    from PIL import Image
+
+    from advprompts.experiments.composition import add_pool_columns, composition_context, pool_compositions
+    from advprompts.world.places import LAND_PLACES, WATER_PLACES
+    from advprompts.zoo.corpus import OBJECT_NAMES, PLACE_NAMES
+
+    spec = dict(SMALL_BENCH, name="mini-95")
+    spec["splits"] = dict(SMALL_BENCH["splits"], train={"size": 40, "balanced": True, "cells": [
+        *[{"classes": ["waterbird"], "places": "water"}] * 9, {"classes": ["waterbird"], "places": "land"},
+        *[{"classes": ["landbird"], "places": "land"}] * 9, {"classes": ["landbird"], "places": "water"}]})
+    root = export_benchmark(Benchmark(**spec), tmp_path / "mini-95")
+    ctx = composition_context(root, "train", "test")
+    assert ctx["train_groups"] == {("waterbird", "water"), ("landbird", "land")}
+    assert ctx["rare"] == [("landbird", "water"), ("waterbird", "land")] and ctx["has_missing"]
+    pool = tmp_path / "pools" / "gap-s3"
+    (pool / "images").mkdir(parents=True)
+    with open(pool / "metadata.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "label"])
+        for i, label in enumerate([1, 1, 0, 0]):  # two ducks, two sparrows
+            Image.new("RGB", (64, 64), (50 * i, 90, 30)).save(pool / "images" / f"{i}.png")
+            w.writerow([f"images/{i}.png", label])
+    duck, sparrow = OBJECT_NAMES.index("duck"), OBJECT_NAMES.index("sparrow")
+    oracle = _FixedOracle({"object": [duck, duck, sparrow, duck], "night": [0] * 4,
+                           "place": [PLACE_NAMES.index(p) for p in (LAND_PLACES[0], WATER_PLACES[0],
+                                                                    WATER_PLACES[0], WATER_PLACES[0])]})
+    comps = pool_compositions([pool], ctx, oracle)
+    # duck on land (rare: counts), duck on water (train's), sparrow on water (rare: counts), duck labelled sparrow.
+    assert comps["gap-s3"]["faithfulness"] == 0.75 and comps["gap-s3"]["missing_groups"] == 0.5
+    assert json.loads((pool / "composition.json").read_text()) == comps["gap-s3"]  # cached
+    rows = add_pool_columns([{"method": "gap", "seed": 3, "n_extra": 20}, {"method": "gap", "seed": 0, "n_extra": 20},
+                             {"method": "no_extra", "seed": 3, "n_extra": 0}], comps)
+    assert rows[0]["pool_faithfulness"] == 0.75 and rows[0]["pool_missing_groups"] == 0.5
+    assert "pool_faithfulness" not in rows[1] and "pool_faithfulness" not in rows[2]

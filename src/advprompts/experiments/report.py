@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
+from advprompts.experiments.composition import (benchmark_root, composition_context, composition_section,
+                                                 finished_pools, pool_compositions, pool_images)
 from advprompts.experiments.runner import summarize
 from advprompts.rundir import atomic_write_text
 
@@ -135,18 +136,11 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def _pool_images(pool_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
-    from advprompts.tasks.train import as_float, load_tensors
-
-    data = load_tensors(pool_dir, image_size=64)
-    return as_float(data.images), data.labels.numpy()
-
-
 def save_grid(pool_dir: Path, class_names: list[str], path: Path, per_class: int = 8) -> Path:
     """One row of generated images per class."""
     from torchvision.utils import save_image
 
-    images, labels = _pool_images(pool_dir)
+    images, labels = pool_images(pool_dir)
     rows = []
     for c in range(len(class_names)):
         idx = np.flatnonzero(labels == c)[:per_class]
@@ -155,56 +149,6 @@ def save_grid(pool_dir: Path, class_names: list[str], path: Path, per_class: int
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(torch.cat(rows), path, nrow=per_class, padding=1, pad_value=1.0)
     return path
-
-
-def _place_type(place: str) -> str:
-    """The place type the groups use: water or land."""
-    from advprompts.world.places import PLACES
-
-    return "water" if PLACES[place].water else "land"
-
-
-def composition(pool_dir: Path, bench: dict, train_groups: set[tuple[str, str]], oracle,
-                target_places: set[str] = frozenset()) -> dict:
-    """Fractions of a generated set per (class, place type) as the oracle sees it, the share in
-    groups the train split lacks, label faithfulness (the oracle finds the labelled object), the share
-    the oracle places at one of ``target_places`` and the share it sees at night."""
-    from advprompts.zoo.corpus import OBJECT_NAMES, PLACE_NAMES
-
-    images, labels = _pool_images(pool_dir)
-    pred = oracle.predict(images)
-    classes = bench["classes"]
-    obj_to_class = {(o or "none"): c for c, objs in bench["class_objects"].items() for o in objs}
-    names = OBJECT_NAMES + ["none"]
-    groups: dict[str, int] = {}
-    faithful = missing = at_target = nights = 0
-    for y, o, p, night in zip(labels, pred["object"], pred["place"], pred["night"]):
-        at_target += PLACE_NAMES[int(p)] in target_places
-        nights += bool(night)
-        cls = classes[int(y)]
-        seen = obj_to_class.get(names[int(o)])
-        faithful += seen == cls
-        ptype = _place_type(PLACE_NAMES[int(p)])
-        key = f"{seen or 'other'}-{ptype}" + ("-night" if night else "")
-        groups[key] = groups.get(key, 0) + 1
-        missing += seen == cls and (cls, ptype) not in train_groups
-    n = len(labels)
-    return {"n": n, "faithfulness": faithful / n, "missing_groups": missing / n,
-            "target_places": at_target / n, "night": nights / n,
-            "groups": {k: v / n for k, v in sorted(groups.items())}}
-
-
-def _split_rows(benchmark_root: Path, split: str | None = None) -> list[dict]:
-    with open(benchmark_root / "metadata.csv", newline="") as f:
-        return [r for r in csv.DictReader(f) if split is None or r.get("split") == split]
-
-
-def _share(rows: list[dict], keep) -> float:
-    return sum(map(keep, rows)) / max(len(rows), 1)
-
-
-def _is_night(row: dict) -> bool:
-    return row.get("time") == "night"
 
 
 def decoded_prompts(prompt_dir: Path, components) -> list[tuple[str, str]]:
@@ -254,49 +198,6 @@ def plot_curves(prompt_dir: Path, path: Path) -> Path | None:
     return path
 
 
-def _composition_section(pools: list[Path], bench: dict, root: Path, config, oracle) -> list[str]:
-    """The composition table. Spurious-correlation benchmarks (train lacks some (class, place type)
-    combinations) get the share in those; location-shift benchmarks (the evaluated scenes sit at a
-    subset of the benchmark's places) get the shares at those places and at night, beside train's."""
-    from advprompts.world.places import PLACES
-
-    rows, train, evaluated = (_split_rows(root), _split_rows(root, config.train_split),
-                              _split_rows(root, config.eval_split))
-    train_groups = {(r["label_name"], _place_type(r["place"])) for r in train if r.get("place") in PLACES}
-    places = {r["place"] for r in rows if r.get("place") in PLACES}
-    ptypes = {_place_type(p) for p in places}
-    classes = [c for c in bench["classes"] if any(bench["class_objects"][c])]
-    has_missing = any((c, t) not in train_groups for c in classes for t in ptypes)
-    target = {r["place"] for r in evaluated if r.get("place") in PLACES}
-    shift = bool(target) and target < places
-    text = ("Composition judged by the oracle (trained on renderer ground truth): the share of images whose "
-            "object is the labelled class (faithfulness)")
-    head, rule = "| set | images | faithfulness |", "|---|---|---|"
-    if has_missing:
-        text += (", the share in (class, place type) combinations absent from train (train holds only "
-                 f"{', '.join('-'.join(g) for g in sorted(train_groups))})")
-        head, rule = head + " in missing groups |", rule + "---|"
-    if shift:
-        where = " / ".join(sorted(target))
-        at_target = _share(train, lambda r: r.get("place") in target)
-        text += (f", the share the oracle places at the evaluated scenes' places ({where}) and at night (by "
-                 f"ground truth `{config.train_split}` has {100 * at_target:.0f}% and "
-                 f"{100 * _share(train, _is_night):.0f}%, `{config.eval_split}` 100% and "
-                 f"{100 * _share(evaluated, _is_night):.0f}%)")
-        head, rule = head + f" at {where} | at night |", rule + "---|---|"
-    lines = [text + ", and the share per group.", "", head + " groups |", rule + "---|"]
-    for pool in pools:
-        comp = composition(pool, bench, train_groups, oracle, target_places=target if shift else set())
-        row = f"| {pool.name} | {comp['n']} | {100 * comp['faithfulness']:.1f}% |"
-        if has_missing:
-            row += f" {100 * comp['missing_groups']:.1f}% |"
-        if shift:
-            row += f" {100 * comp['target_places']:.0f}% | {100 * comp['night']:.0f}% |"
-        shown = ", ".join(f"{k} {100 * v:.0f}%" for k, v in comp["groups"].items() if v >= 0.02)
-        lines.append(f"{row} {shown} |")
-    return lines + [""]
-
-
 def write_report(out: str | Path, config, components=None, oracle=None) -> Path:
     """Write ``out/report.md`` (and ``out/figures/``) from the experiment folder's contents."""
     from advprompts.data import resolve_dataset
@@ -316,15 +217,14 @@ def write_report(out: str | Path, config, components=None, oracle=None) -> Path:
     plot_accuracy(rows, figs / "accuracy_vs_extra.png")
     lines += ["![accuracy vs extra images](figures/accuracy_vs_extra.png)", ""]
     train_ds = resolve_dataset(config.benchmark, split=config.train_split)
-    root = Path(getattr(train_ds, "root", ""))
-    bench = yaml.safe_load((root / "benchmark.yaml").read_text()) if (root / "benchmark.yaml").is_file() else None
     class_names = [train_ds.class_names.get(i, str(i)) for i in range(len(train_ds.class_names))]
-    pools = sorted(p for p in (out / "pools").glob("*-s*") if (p / "metadata.csv").is_file()) \
-        if (out / "pools").is_dir() else []
+    pools = finished_pools(out)
     if pools:
         lines += ["## Generated data", ""]
-        if oracle is not None and bench is not None:
-            lines += _composition_section(pools, bench, root, config, oracle)
+        ctx = composition_context(benchmark_root(config), config.train_split, config.eval_split) \
+            if oracle is not None else None
+        if ctx is not None:
+            lines += composition_section(pool_compositions(pools, ctx, oracle), ctx)
         for pool in pools:
             if pool.name.endswith("-s0") or len({p.name.rsplit('-s', 1)[0] for p in pools}) == len(pools):
                 grid = save_grid(pool, class_names, figs / f"grid_{pool.name}.png")

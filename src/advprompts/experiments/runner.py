@@ -35,6 +35,7 @@ from advprompts.tasks.train import Tensors, evaluate, load_tensors, save_task_we
 
 logger = logging.getLogger(__name__)
 BASE_COLUMNS = ["benchmark", "method", "n_extra", "seed", "avg_acc", "worst_group_acc"]
+POOL_COLUMNS = ["pool_faithfulness", "pool_missing_groups", "pool_target_places", "pool_night"]
 
 
 def draw_seed(seed: int, rnd: int = 1) -> int:
@@ -306,10 +307,12 @@ class ExperimentRunner:
         return rows
 
     def write_results(self, rows: list[dict]) -> Path:
-        """``results.csv``: one row per cell, then one ``acc_<group>`` column per group."""
+        """``results.csv``: one row per cell, then its pool's composition (``pool_*``, when judged) and one
+        ``acc_<group>`` column per group."""
+        pool = [k for k in POOL_COLUMNS if any(k in r for r in rows)]
         groups = sorted({k for r in rows for k in r if k.startswith("acc_")})
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=BASE_COLUMNS + groups, extrasaction="ignore")
+        writer = csv.DictWriter(buf, fieldnames=BASE_COLUMNS + pool + groups, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         return atomic_write_text(self.out / "results.csv", buf.getvalue()) or self.out / "results.csv"

@@ -9,6 +9,8 @@ from typing import Callable
 
 def run_and_report(config: str, out: str | Path, *, overrides: list[str] = (), methods: list[str] | None = None,
                    overwrite: bool = False, echo: Callable[[str], None] = print, components=None) -> Path:
+    from advprompts.experiments.composition import (add_pool_columns, benchmark_root, composition_context,
+                                                     finished_pools, pool_compositions)
     from advprompts.experiments.config import load_experiment_config
     from advprompts.experiments.report import results_table, write_report
     from advprompts.experiments.runner import ExperimentRunner
@@ -19,6 +21,9 @@ def run_and_report(config: str, out: str | Path, *, overrides: list[str] = (), m
     runner = ExperimentRunner(cfg, out, overwrite=overwrite, components=components, say=echo)
     rows = runner.run()
     oracle = _oracle() if is_embedded(cfg.model) else None
+    ctx = composition_context(benchmark_root(cfg), cfg.train_split, cfg.eval_split) if oracle is not None else None
+    if ctx is not None:  # each generated set's faithfulness and composition beside its cells in results.csv
+        runner.write_results(add_pool_columns(rows, pool_compositions(finished_pools(Path(out)), ctx, oracle)))
     report = write_report(out, cfg, components=runner.components if runner._components is not None else None,
                           oracle=oracle)
     echo("")
