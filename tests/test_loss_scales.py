@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 
 import pytest
@@ -171,3 +172,63 @@ def test_per_term_gradients_add_up_to_the_joint_gradient(tiny):
     for label, term in (("text_l2", weighted["text_l2"]), ("text_cosine", weighted["text_cosine"])):
         (g,) = torch.autograd.grad(losses.evaluate(inputs)[2][label], prompt.embeddings)
         assert math.isclose(norms[f"grad_{label}"], g.norm().item(), rel_tol=1e-5)
+
+
+class _RedIsWater(torch.nn.Module):
+    """Binary classifier on the mean red value: red scenes read as class 1 (so class 0 is fooled by red)."""
+
+    def forward(self, images):
+        red = images[:, 0].mean(dim=(1, 2)) - 0.5
+        return torch.stack([-20 * red, 20 * red], dim=1)
+
+
+def test_adversary_target_mode_guides_each_prompt_to_the_descriptions_the_model_gets_wrong(tiny):
+    from advprompts.losses.assignment import rank_descriptions, rankers
+
+    descriptions = ["snow", "sand", "lake"]
+    guidance = build_loss("text_l2", descriptions=descriptions, target_mode="adversary")
+    adversary = build_loss("opposite_ce")
+    losses = LossSet([WeightedTerm(adversary), WeightedTerm(guidance)])
+    losses.setup(LossResources(components=tiny, task_model=_RedIsWater()))
+    assert rankers(losses) == [guidance]
+    redness = {"snow": 0.1, "sand": 0.9, "lake": 0.6}  # the rendering of each description, as the model sees it
+
+    def render(description):
+        images = torch.zeros(2, 3, 4, 4)
+        images[:, 0] = redness[description]
+        return LossInputs(images=images, labels=torch.tensor([0, 0]), class_names=["sparrow", "sparrow"])
+
+    ranked = rank_descriptions(rankers(losses), losses, "sparrow", render)
+    assert [r["description"] for r in ranked["sparrow"]] == ["sand", "lake", "snow"]  # most red first: fools class 0
+    prompt = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=2, prefix="adv")
+    for slot, expected in enumerate(["sand", "lake", "snow", "sand"]):
+        inputs = LossInputs(images=torch.zeros(1, 3, 4, 4), prompt=prompt, class_names=["sparrow"], prompt_slot=slot)
+        single = _text(tiny, descriptions=[expected])(inputs).item()
+        assert math.isclose(guidance(inputs).item(), single, rel_tol=1e-5)
+    with pytest.raises(ConfigError, match="class 'duck' has no ranking"):
+        guidance(LossInputs(images=torch.zeros(1, 3, 4, 4), prompt=prompt, class_names=["duck"]))
+    gp = LossSet([WeightedTerm(build_loss("text_l2", descriptions=descriptions, target_mode="adversary"))])
+    with pytest.raises(ConfigError, match="has none \\(GP\\)"):
+        rank_descriptions(rankers(gp), gp, "sparrow", render)
+    with pytest.raises(ConfigError, match="image guidance takes mean"):
+        build_loss("image_cosine", target_images="x", target_mode="adversary")
+
+
+def test_optimize_ranks_the_targets_before_training_and_records_them(tiny, tmp_path):
+    from advprompts.config.presets import load_config
+    from advprompts.optimize import optimize
+
+    config = load_config("tiny-gap", ["optim.steps=1", "log.tensorboard=false", "prompt.seeds=[0, 1]",
+                                      "losses=[{name: opposite_ce}, {name: text_l2, params: {descriptions: [snow, sand, "
+                                      "lake], target_mode: adversary}}]"])
+    result = optimize(config, tmp_path / "run", components=copy.deepcopy(tiny), task_model=_RedIsWater())
+    ranking = json.loads((tmp_path / "run" / "targets.json").read_text())
+    assert len(ranking) == 2 and all(sorted(r["description"] for r in v) == ["lake", "sand", "snow"]
+                                     for v in ranking.values())
+    assert all(r["adversarial_loss"] >= 0 for v in ranking.values() for r in v)
+    assert len(result.prompts) == 4
+    gp = load_config("tiny-gap", ["optim.steps=1", "log.tensorboard=false", "prompt.seeds=[0]",
+                                  "losses=[{name: text_l2, params: {descriptions: [snow, sand], target_mode: adversary}}]"])
+    with pytest.raises(ConfigError, match="has none \\(GP\\)"):
+        optimize(gp, tmp_path / "gp", components=copy.deepcopy(tiny))
+    assert not (tmp_path / "gp").exists()  # refused before anything is written

@@ -11,8 +11,8 @@ the prompts whose index is its share, into the same folder, with the same result
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
+import json
 import logging
 import random
 import time
@@ -29,8 +29,10 @@ from advprompts.data.folder import collate
 from advprompts.errors import ConfigError, DataError, NaNLossError
 from advprompts.shards import launch_device, launch_state, parse_shard, resolve_shard
 from advprompts.losses import LossInputs, LossResources, LossSet, WeightedTerm, build_loss
+from advprompts.losses.assignment import check_rankable, rank_descriptions, rankers
+from advprompts.optim_log import OptimLog
 from advprompts.prompts import LearnablePrompt
-from advprompts.rundir import atomic_write_bytes, atomic_write_text, prepare_run_dir
+from advprompts.rundir import atomic_write_bytes, prepare_run_dir
 from advprompts.sampler import Sampler
 
 logger = logging.getLogger(__name__)
@@ -135,63 +137,6 @@ def _sampler_kwargs(config: RunConfig, batch: dict, device: torch.device) -> dic
     return kw
 
 
-class _Log:
-    """log.csv rows (rewritten atomically) + optional TensorBoard."""
-
-    def __init__(self, out: Path, columns: list[str], tensorboard: bool, purge_step: int | None,
-                 part: str | None = None, keys: set[str] | None = None):
-        # A shard keeps its rows in .parts/<part> (seeded from log.csv for its own prompts, so a run
-        # started unsharded can go on sharded); merge() gathers the parts into log.csv.
-        self.out, self.columns = out, ["prompt", "step", *columns, "total", "seconds"]
-        self.path = out / ".parts" / part if part else out / "log.csv"
-        source = self.path if self.path.is_file() or not part else out / "log.csv"
-        self.rows = list(csv.DictReader(open(source))) if source.is_file() else []
-        if part:
-            self.path.parent.mkdir(exist_ok=True)
-            self.rows = [r for r in self.rows if r["prompt"] in keys]
-        self.tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
-
-    def truncate(self, key: str, after_step: int) -> None:
-        self.rows = [r for r in self.rows if r["prompt"] != key or int(r["step"]) <= after_step]
-
-    def add(self, key: str, step: int, values: dict[str, float]) -> None:
-        self.rows.append({"prompt": key, "step": step, **values})
-        if self.tb is not None:
-            for name, value in values.items():
-                self.tb.add_scalar(f"{key}/{name}", value, step)
-
-    def _write(self, path: Path, rows: list[dict]) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
-
-    def flush(self) -> None:
-        self._write(self.path, self.rows)
-        if self.tb is not None:
-            self.tb.flush()
-
-    def merge(self, order: dict[str, int]) -> None:
-        """log.csv = every shard's rows (and earlier log.csv rows of prompts no part holds)."""
-        parts = [r for p in sorted((self.out / ".parts").glob("log-*.csv")) for r in csv.DictReader(open(p))]
-        held = {r["prompt"] for r in parts}
-        old = self.out / "log.csv"
-        rows = [r for r in (csv.DictReader(open(old)) if old.is_file() else []) if r["prompt"] not in held]
-        rows = sorted({(r["prompt"], int(r["step"])): r for r in rows + parts}.values(),
-                      key=lambda r: (order.get(r["prompt"], len(order)), int(r["step"])))
-        self._write(old, rows)
-
-    def close(self) -> None:
-        self.flush()
-        if self.tb is not None:
-            self.tb.close()
-
-
 def _save_checkpoint(path: Path, step: int, prompt: LearnablePrompt, opt: torch.optim.Optimizer,
                      stopped: bool) -> None:
     buf = io.BytesIO()
@@ -284,6 +229,7 @@ def optimize(
     if task_model is not None:
         task_model = task_model.to(device).eval().requires_grad_(False)
     losses = _build_losses(config)
+    check_rankable(losses, config.prompt.per_class)
     losses.setup(LossResources(components=comps, task_model=task_model, device=device))
     sampler = Sampler(comps, gradient_checkpointing=config.sampler.gradient_checkpointing,
                       autocast_dtype=AUTOCAST[config.model.autocast])
@@ -293,9 +239,10 @@ def optimize(
                                auto_resume=sharded):
             dump_config(config, out / "config.yaml")
     jobs = _jobs(config, dataset)
+    _rank_targets(config, jobs, dataset, sampler, losses, device, out)
     mine = [job for job in jobs if job.index % shard[1] == shard[0]]
     columns = losses.labels + ([f"grad_{label}" for label in losses.labels] if config.log.grad_norm_every else [])
-    log = _Log(out, columns, config.log.tensorboard, None, part=f"log-{shard[0]}-of-{shard[1]}.csv"
+    log = OptimLog(out, columns, config.log.tensorboard, None, part=f"log-{shard[0]}-of-{shard[1]}.csv"
                if sharded else None, keys={job.key for job in mine})
     result = OptimResult(out_dir=out)
     try:
@@ -309,6 +256,41 @@ def optimize(
         if state is None or state.is_main_process:
             log.merge({job.key: job.index for job in jobs})
     return result
+
+
+def _draw_inputs(config: RunConfig, job: _Job, dataset, sampler: Sampler, device: torch.device, gen: torch.Generator,
+                 text_for: Callable[[str], str], grad: bool = True) -> LossInputs:
+    """A batch of the job's sources drawn with ``gen``, one rollout of ``text_for(class name)`` on each (the
+    same generator: its noise), as loss inputs."""
+    class_names = getattr(dataset, "class_names", {})
+    pick = torch.randperm(len(job.indices), generator=gen)[: config.optim.batch_size]
+    batch = collate([dataset[job.indices[int(i)]] for i in pick])
+    names = [class_names.get(y, str(y)) for y in batch["label"].tolist()]
+    rollout = sampler([text_for(n) for n in names], generator=gen, grad=grad, **_sampler_kwargs(config, batch, device))
+    return LossInputs(images=rollout.images, labels=batch["label"].to(device),
+                      dense=None if batch["dense"] is None else batch["dense"].to(device),
+                      class_names=names, generator=gen, prompt_slot=job.slot, sources=batch["image"].to(device))
+
+
+def _rank_targets(config: RunConfig, jobs: list[_Job], dataset, sampler: Sampler, losses: LossSet, device,
+                  out: Path) -> None:
+    """``target_mode: adversary``: rank each class's target descriptions by the adversarial terms' loss on
+    images generated from them (one batch per class, the same sources and noise for every description),
+    before any prompt is trained; the ranking goes to ``targets.json``."""
+    terms = rankers(losses)
+    if not terms:
+        return
+    template, words, ranking = config.prompt.template, config.prompt.class_words, {}
+    for job in {job.label: job for job in jobs}.values():
+        def render(description: str) -> LossInputs:
+            gen = step_generator(config.optim.seed, 1_000_003, job.label)
+            text = lambda n: template.replace("{prompt}", description).replace("{class}", words.get(n, n))  # noqa: E731
+            with torch.no_grad():
+                return _draw_inputs(config, job, dataset, sampler, device, gen, text, grad=False)
+
+        name = getattr(dataset, "class_names", {}).get(job.label, str(job.label))
+        ranking.update(rank_descriptions(terms, losses, name, render))
+    atomic_write_bytes(out / "targets.json", json.dumps(ranking, indent=1).encode())
 
 
 def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_step) -> PromptResult:
@@ -338,6 +320,7 @@ def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_
     log.truncate(job.key, start - 1)
     from tqdm.auto import tqdm
 
+    words = config.prompt.class_words
     bar = tqdm(range(start, o.steps), desc=f"prompt {job.key}", disable=not config.log.progress,
                initial=start, total=o.steps)
     step = start - 1
@@ -350,16 +333,8 @@ def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_
         for micro in range(o.grad_accum):
             # Every random draw of this step comes from generators keyed by (seed, prompt, step).
             gen = step_generator(o.seed, job.index, step, micro)
-            pick = torch.randperm(len(job.indices), generator=gen)[: o.batch_size]
-            batch = collate([dataset[job.indices[int(i)]] for i in pick])
-            names = [class_names.get(y, str(y)) for y in batch["label"].tolist()]
-            kwargs = _sampler_kwargs(config, batch, device)
-            words = config.prompt.class_words
-            rollout = sampler([prompt.text(words.get(n, n)) for n in names], generator=gen, **kwargs)
-            inputs = LossInputs(images=rollout.images, labels=batch["label"].to(device),
-                                dense=None if batch["dense"] is None else batch["dense"].to(device),
-                                prompt=prompt, class_names=names, step=step, generator=gen, prompt_slot=job.slot,
-                                sources=batch["image"].to(device))
+            inputs = _draw_inputs(config, job, dataset, sampler, device, gen, lambda n: prompt.text(words.get(n, n)))
+            inputs.prompt, inputs.step = prompt, step
             total, parts, weighted = losses.evaluate(inputs)
             if not torch.isfinite(total):
                 log.flush()
@@ -381,7 +356,7 @@ def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_
             on_step(job.key, step, values)
         done = step + 1
         if config.log.sample_every and done % config.log.sample_every == 0:
-            _save_grid(out / "samples" / job.key / f"step_{done:06d}.png", rollout.images)
+            _save_grid(out / "samples" / job.key / f"step_{done:06d}.png", inputs.images)
         stopped = losses.should_stop()
         if stopped:
             logger.info("prompt %s: task loss reached its threshold at step %d; stopping", job.key, step)

@@ -10,6 +10,9 @@ the task model's loss decides which class goes where), combined by ``target_mode
   and the other terms (the adversary) choose which one a prompt goes to.
 - ``softmin``: ``-t * logsumexp(-d_k / t)`` over the descriptions' distances ``d_k``, a smooth
   ``nearest`` (``softmin_temperature`` t; t -> 0 is ``nearest``, large t spreads the pull).
+- ``adversary``: the task model chooses: before training, each class's descriptions are ranked by the
+  adversarial terms' loss on images generated from them, and the k-th prompt of a class is guided to its
+  k-th most adversarial description (``losses/assignment.py``; needs an adversarial term and per-class prompts).
 
 Class-aware targets are an ablation that knows the answer: ``per_class`` gives each class its own
 descriptions (e.g. land places for waterbird prompts, the groups train lacks), and ``spread`` guides
@@ -32,7 +35,7 @@ from advprompts.errors import ConfigError
 from advprompts.losses.registry import LossInputs, LossResources, LossTerm, register_loss
 from advprompts.prompts import encode_text, pool_text
 
-TARGET_MODES = ("mean", "nearest", "softmin")
+TARGET_MODES = ("mean", "nearest", "softmin", "adversary")
 
 
 def check_target_mode(mode: str, temperature: float) -> None:
@@ -107,6 +110,7 @@ class _TextGuidance(LossTerm):
             self.targets[key] = target[None] if self.target_mode == "mean" and not self.spread else emb
             # Per-dimension 1/std over the description embeddings (1 when there is only one).
             self.scales[key] = 1 / (emb.std(0) + 1e-3) if self.std_scaling and len(emb) > 1 else torch.ones_like(target)
+        self.ranking: dict[str, list[int]] = {}
 
     def target_for(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(targets (B, K, D), scales (B, D)), one row per class in the batch (as `_prompt_texts` orders
@@ -118,13 +122,28 @@ class _TextGuidance(LossTerm):
                 raise ConfigError(f"text guidance has no target descriptions for class {name!r}: add it under "
                                   f"per_class, or give shared descriptions")
             rows.append(key)
-        if self.spread:
+        if self.target_mode == "adversary":
+            missing = [n for n in _class_names(inputs) if n not in self.ranking]
+            if missing:
+                raise ConfigError(f"target_mode 'adversary': class {missing[0]!r} has no ranking of its descriptions "
+                                  "by the task model (advprompts.optimize makes it before training)")
+            picked = [self.targets[k][self.ranking[n][inputs.prompt_slot % len(self.ranking[n])]][None]
+                      for k, n in zip(rows, _class_names(inputs))]
+        elif self.spread:
             picked = [self.targets[k][inputs.prompt_slot % len(self.targets[k])][None] for k in rows]
         else:
             picked = [self.targets[k] for k in rows]
         if len({len(p) for p in picked}) > 1:
             raise ConfigError("per_class description lists of different lengths need target_mode: mean")
         return torch.stack(picked), torch.stack([self.scales[k] for k in rows])
+
+    def descriptions_for(self, class_name: str | None) -> list[str]:
+        """The descriptions a prompt of this class is guided to (its own under ``per_class``, else the shared)."""
+        return self.groups[class_name if class_name in self.groups else None]
+
+    def set_ranking(self, class_name: str, order: list[int]) -> None:
+        """``target_mode: adversary``: the class's descriptions, most adversarial first (indices)."""
+        self.ranking[class_name] = list(order)
 
     def distances(self, inputs: LossInputs) -> torch.Tensor:
         """(B, K): the term's distance from each class's prompt embedding to each target row."""
@@ -176,6 +195,8 @@ class _ImageGuidance(LossTerm):
         if max_images < 1:
             raise ValueError(f"max_images={max_images}; expected >= 1")
         check_target_mode(target_mode, softmin_temperature)
+        if target_mode == "adversary":
+            raise ValueError("target_mode 'adversary' ranks text descriptions; image guidance takes mean, nearest or softmin")
         self.spec, self.clip_spec, self.max_images = target_images, clip, max_images
         self.target_mode, self.softmin_temperature = target_mode, softmin_temperature
 

@@ -1,0 +1,67 @@
+"""The optimisation's log: ``log.csv`` rows (rewritten atomically after each checkpoint) and optional
+TensorBoard scalars, one row per (prompt, step); shards keep their own part and merge at the end."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from advprompts.rundir import atomic_write_text
+
+
+class OptimLog:
+    """log.csv rows (rewritten atomically) + optional TensorBoard."""
+
+    def __init__(self, out: Path, columns: list[str], tensorboard: bool, purge_step: int | None,
+                 part: str | None = None, keys: set[str] | None = None):
+        # A shard keeps its rows in .parts/<part> (seeded from log.csv for its own prompts, so a run
+        # started unsharded can go on sharded); merge() gathers the parts into log.csv.
+        self.out, self.columns = out, ["prompt", "step", *columns, "total", "seconds"]
+        self.path = out / ".parts" / part if part else out / "log.csv"
+        source = self.path if self.path.is_file() or not part else out / "log.csv"
+        self.rows = list(csv.DictReader(open(source))) if source.is_file() else []
+        if part:
+            self.path.parent.mkdir(exist_ok=True)
+            self.rows = [r for r in self.rows if r["prompt"] in keys]
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
+
+    def truncate(self, key: str, after_step: int) -> None:
+        self.rows = [r for r in self.rows if r["prompt"] != key or int(r["step"]) <= after_step]
+
+    def add(self, key: str, step: int, values: dict[str, float]) -> None:
+        self.rows.append({"prompt": key, "step": step, **values})
+        if self.tb is not None:
+            for name, value in values.items():
+                self.tb.add_scalar(f"{key}/{name}", value, step)
+
+    def _write(self, path: Path, rows: list[dict]) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, buf.getvalue())
+
+    def flush(self) -> None:
+        self._write(self.path, self.rows)
+        if self.tb is not None:
+            self.tb.flush()
+
+    def merge(self, order: dict[str, int]) -> None:
+        """log.csv = every shard's rows (and earlier log.csv rows of prompts no part holds)."""
+        parts = [r for p in sorted((self.out / ".parts").glob("log-*.csv")) for r in csv.DictReader(open(p))]
+        held = {r["prompt"] for r in parts}
+        old = self.out / "log.csv"
+        rows = [r for r in (csv.DictReader(open(old)) if old.is_file() else []) if r["prompt"] not in held]
+        rows = sorted({(r["prompt"], int(r["step"])): r for r in rows + parts}.values(),
+                      key=lambda r: (order.get(r["prompt"], len(order)), int(r["step"])))
+        self._write(old, rows)
+
+    def close(self) -> None:
+        self.flush()
+        if self.tb is not None:
+            self.tb.close()
