@@ -32,6 +32,15 @@ def test_waterbirds_synth_group_structure():
     assert len(b.target_descriptions) >= 2
 
 
+def test_waterbirds_synth_95_holds_each_class_at_5_percent_in_the_other_place():
+    b, base = load_benchmark("waterbirds-synth-95"), load_benchmark("waterbirds-synth")
+    train = _groups(b, "train")
+    assert train == {"waterbird-water": 475, "waterbird-land": 25, "landbird-land": 475, "landbird-water": 25}
+    for split in ("val", "test", "ood_pool"):  # the same evaluation as waterbirds-synth, image for image
+        assert [_draw(b, split, i) for i in range(0, b.splits[split].size, 97)] == \
+            [_draw(base, split, i) for i in range(0, base.splits[split].size, 97)]
+
+
 def test_wildcam_synth_locations_times_and_targets():
     b = load_benchmark("wildcam-synth")
     train = [_draw(b, "train", i) for i in range(b.splits["train"].size)]

@@ -189,12 +189,12 @@ def test_budget_table_pivots_mean_and_std_over_seeds():
 
 
 def test_presets_validate():
-    for name in ("waterbirds-synth", "demo", "demo-quick", "wildcam-synth", "waterbirds-sd15"):
+    for name in ("waterbirds-synth", "waterbirds-synth-95", "demo", "demo-quick", "wildcam-synth", "waterbirds-sd15"):
         cfg = load_experiment_config(name)
         assert cfg.methods and cfg.max_extra > 0
-        if cfg.benchmark == "waterbirds-synth":  # the embedded generator knows the species, not the class names
+        if cfg.benchmark.startswith("waterbirds-synth"):  # the embedded generator knows the species, not the class names
             assert cfg.generation.class_words == {"waterbird": "duck", "landbird": "sparrow"}
-            assert "{class}" in cfg.methods["agnostic"].prompts[0]
+            assert "agnostic" not in cfg.methods or "{class}" in cfg.methods["agnostic"].prompts[0]
     cfg = load_experiment_config("waterbirds-synth", ["seeds=[5]"], methods=["gap", "no_extra"])
     assert cfg.seeds == [5] and list(cfg.methods) == ["gap", "no_extra"]
 
@@ -360,3 +360,29 @@ def test_rare_train_groups_count_as_missing_and_pool_columns(tmp_path):
                              {"method": "no_extra", "seed": 3, "n_extra": 0}], comps)
     assert rows[0]["pool_faithfulness"] == 0.75 and rows[0]["pool_missing_groups"] == 0.5
     assert "pool_faithfulness" not in rows[1] and "pool_faithfulness" not in rows[2]
+
+
+def test_waterbirds_gp_and_gap_share_class_agnostic_guidance():
+    """Every GP / GAP prompt sees the same eight descriptions (nothing says which class lacks which place);
+    gap_nearest is GP plus the adversary; only the *_class_aware ablations are told the missing groups."""
+    from advprompts.config.presets import apply_overrides, read_yaml
+    from advprompts.world.benchmarks import load_benchmark
+
+    cfg = load_experiment_config("waterbirds-synth")
+
+    def losses(method):
+        spec = cfg.methods[method]
+        return {l["name"]: l for l in apply_overrides(read_yaml(spec.optimize), spec.set)["losses"]}
+
+    eight = load_benchmark("waterbirds-synth").target_descriptions
+    gp, gap, nearest = losses("gp"), losses("gap"), losses("gap_nearest")
+    assert set(gp) == {"text_l2"} and set(gap) == set(nearest) == {"opposite_ce", "text_l2"}
+    for guidance in (gp["text_l2"], gap["text_l2"], nearest["text_l2"]):
+        assert guidance["params"]["descriptions"] == eight and "per_class" not in guidance["params"]
+        assert not guidance["params"].get("spread")
+    assert nearest["text_l2"] == gp["text_l2"] and gp["text_l2"]["params"]["target_mode"] == "nearest"
+    assert {k: v for k, v in gap["text_l2"].items() if k != "params"} == \
+        {k: v for k, v in gp["text_l2"].items() if k != "params"}
+    assert gap["text_l2"]["params"] == {**gp["text_l2"]["params"], "target_mode": "adversary"}
+    for method in ("gp_class_aware", "gap_class_aware"):
+        assert set(losses(method)["text_l2"]["params"]["per_class"]) == {"waterbird", "landbird"}
