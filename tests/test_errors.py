@@ -159,3 +159,15 @@ def test_retrain_inpaint_refuses_a_non_zoo_base_and_the_base_itself(tmp_path):
 def test_generate_refuses_a_class_word_without_equals(tmp_path):
     args, out = _gen(tmp_path, "--class-word", "waterbird")
     _check(args, "--class-word takes NAME=WORD", out=out)
+
+
+def test_checkpoint_of_another_run_is_refused_in_one_line(tmp_path):
+    import shutil
+
+    base = ["optimize", "--config", "tiny-ap", "--set", "optim.steps=2", "--set", "log.tensorboard=false",
+            "--set", "log.sample_every=0"]
+    assert runner.invoke(app, [*base, "--set", "prompt.num_tokens=3", "--out", str(tmp_path / "other")]).exit_code == 0
+    assert runner.invoke(app, [*base, "--out", str(tmp_path / "run")]).exit_code == 0
+    for suffix in (".json", ".safetensors"):  # someone else's checkpoint copied into this run
+        shutil.copy(tmp_path / "other" / "checkpoints" / f"s0{suffix}", tmp_path / "run" / "checkpoints")
+    _check([*base, "--resume", "--out", str(tmp_path / "run")], "belongs to another run (prompt embeddings of shape")

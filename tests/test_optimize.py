@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 
 import pytest
 import torch
@@ -126,8 +127,10 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(_tiny_session, tmp_path):
                                      "losses=[{name: test_nan_after, params: {step: 3}}]"])
     with pytest.raises(NaNLossError, match="step 3"):
         optimize(config, tmp_path / "run", components=copy.deepcopy(_tiny_session["txt2img"]).freeze())
-    state = torch.load(tmp_path / "run" / "checkpoints" / "s0.pt", weights_only=False)
-    assert state["step"] == 2 and torch.isfinite(state["embeddings"]).all()
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "s0.json").read_text())
+    tensors = load_file(str(tmp_path / "run" / "checkpoints" / "s0.safetensors"))
+    assert meta["step"] == 2 and torch.isfinite(tensors["embeddings"]).all()
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))
     assert not (tmp_path / "run" / "prompt_s0.safetensors").exists()
 
 
@@ -186,3 +189,169 @@ def test_class_words_fill_the_template_while_optimising(_tiny_session, tmp_path,
     optimize(config, tmp_path / "words", components=copy.deepcopy(_tiny_session["txt2img"]).freeze())
     words = {p.split(" <")[0] for p in seen}
     assert words == {"a square", "a circle"}, words
+
+
+def _adam_with_state(shape=(2, 8), cls=torch.optim.AdamW):
+    """A parameter and an optimiser after two steps (exp_avg, exp_avg_sq and step are set)."""
+    emb = torch.nn.Parameter(torch.randn(shape))
+    opt = cls([emb], lr=0.1, weight_decay=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        emb.square().sum().backward()
+        opt.step()
+    return emb, opt
+
+
+def test_checkpoint_round_trip_restores_tensors_optimizer_and_rng(tmp_path):
+    import random
+
+    import numpy as np
+
+    from advprompts.checkpoints import load_checkpoint, save_checkpoint
+
+    emb, opt = _adam_with_state()
+    save_checkpoint(tmp_path, "s0", 7, emb, opt, stopped=True)
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    expected = copy.deepcopy(opt.state_dict())
+    meta = json.loads((tmp_path / "s0.json").read_text())
+    assert meta["step"] == 7 and meta["stopped"] and meta["tensors"] == "s0.safetensors"
+    assert {"embeddings", "rng.torch", "optimizer.state.0.exp_avg", "optimizer.state.0.exp_avg_sq",
+            "optimizer.state.0.step"} <= set(load_file(str(tmp_path / "s0.safetensors")))
+    torch.rand(3), np.random.rand(3), random.random()  # move every RNG on
+    fresh = torch.nn.Parameter(torch.zeros(2, 8))
+    fresh_opt = torch.optim.AdamW([fresh], lr=1.0)
+    assert load_checkpoint(tmp_path, "s0", fresh, fresh_opt) == (7, True)
+    assert torch.equal(fresh.detach(), emb.detach())
+    got = fresh_opt.state_dict()
+    assert got["param_groups"] == expected["param_groups"]  # lr / betas (a tuple again) / weight_decay
+    for name, value in expected["state"][0].items():
+        assert torch.equal(got["state"][0][name], value), name
+    assert torch.equal(torch.get_rng_state(), rng[0]) and random.getstate() == rng[2]
+    np_state = np.random.get_state()
+    assert np_state[0] == rng[1][0] and (np_state[1] == rng[1][1]).all() and np_state[2:] == rng[1][2:]
+
+
+def test_checkpoint_of_another_prompt_shape_or_optimizer_is_refused(tmp_path):
+    import shutil
+
+    from advprompts.checkpoints import load_checkpoint, save_checkpoint
+    from advprompts.errors import ConfigError
+
+    emb, opt = _adam_with_state((2, 8))
+    save_checkpoint(tmp_path, "s0", 2, emb, opt, stopped=False)
+    other, other_opt = _adam_with_state((3, 8))
+    with pytest.raises(ConfigError, match="3 tokens of 8 dims") as err:
+        load_checkpoint(tmp_path, "s0", other, other_opt)
+    assert "\n" not in str(err.value)
+    adam_emb, adam = _adam_with_state((2, 8), torch.optim.Adam)
+    with pytest.raises(ConfigError, match="optimiser AdamW, this run uses Adam"):
+        load_checkpoint(tmp_path, "s0", adam_emb, adam)
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(tmp_path / f"s0{suffix}", tmp_path / f"s1{suffix}")
+    with pytest.raises(ConfigError, match="prompt 's0'"):
+        load_checkpoint(tmp_path, "s1", *_adam_with_state((2, 8)))
+    (tmp_path / "s0.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable"):
+        load_checkpoint(tmp_path, "s0", *_adam_with_state((2, 8)))
+
+
+def test_torn_or_half_missing_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    from advprompts.checkpoints import load_checkpoint, save_checkpoint
+
+    emb, opt = _adam_with_state()
+    save_checkpoint(tmp_path, "s0", 2, emb, opt, stopped=False)
+    # A kill between the two writes: the next step's safetensors is in place, the JSON is the last one.
+    save_file({"embeddings": emb.detach() + 1}, str(tmp_path / "s0.safetensors"))
+    fresh = torch.nn.Parameter(torch.zeros(2, 8))
+    fresh_opt = torch.optim.AdamW([fresh], lr=0.1)
+    with caplog.at_level("WARNING", logger="advprompts.checkpoints"):
+        assert load_checkpoint(tmp_path, "s0", fresh, fresh_opt) == (0, False)
+    assert "another sha256" in caplog.text and not fresh.detach().any() and not fresh_opt.state
+    (tmp_path / "s0.json").unlink()  # the JSON half missing
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="advprompts.checkpoints"):
+        assert load_checkpoint(tmp_path, "s0", fresh, fresh_opt) == (0, False)
+    assert "has no s0.json" in caplog.text
+    (tmp_path / "s0.safetensors").unlink()
+    assert load_checkpoint(tmp_path, "s0", fresh, fresh_opt) == (0, False)  # no checkpoint: no warning needed
+
+
+def test_torn_checkpoint_restarts_the_prompt_and_ends_as_uninterrupted(_tiny_session, tmp_path):
+    config = load_config("tiny-ap", ["optim.steps=3", "log.checkpoint_every=2", "log.tensorboard=false"])
+    comps = lambda: copy.deepcopy(_tiny_session["txt2img"]).freeze()  # noqa: E731
+    full = optimize(config, tmp_path / "full", components=comps(), task_model=_task())
+
+    def crash(key, step, values):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        optimize(config, tmp_path / "torn", components=comps(), task_model=_task(), on_step=crash)
+    ckpt = tmp_path / "torn" / "checkpoints"
+    (ckpt / "s0.safetensors").write_bytes(b"half of the next checkpoint")
+    resumed = optimize(config, tmp_path / "torn", resume=True, components=comps(), task_model=_task())
+    assert resumed.prompts[0].file.read_bytes() == full.prompts[0].file.read_bytes()
+    assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "torn" / "log.csv"))] == [0, 1, 2]
+
+
+def test_old_pickle_checkpoints_are_read_without_running_code(tmp_path):
+    import random
+
+    import numpy as np
+
+    from advprompts.checkpoints import load_checkpoint
+
+    emb, opt = _adam_with_state()
+    torch.save({"step": 4, "stopped": False, "embeddings": emb.detach(), "optimizer": opt.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                        "python": random.getstate()}}, tmp_path / "s0.pt")
+    fresh = torch.nn.Parameter(torch.zeros(2, 8))
+    fresh_opt = torch.optim.AdamW([fresh], lr=0.1)
+    assert load_checkpoint(tmp_path, "s0", fresh, fresh_opt) == (4, False)
+    assert torch.equal(fresh.detach(), emb.detach())
+
+    marker = tmp_path / "code-ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"step": Evil()}, tmp_path / "s1.pt")
+    assert load_checkpoint(tmp_path, "s1", fresh, fresh_opt) == (0, False)
+    assert not marker.exists()
+
+
+def test_no_module_unpickles():
+    """No module under src/ imports pickle or calls torch.load / np.load in a way that can run code."""
+    import ast
+    from pathlib import Path
+
+    import advprompts
+
+    bad = []
+    root = Path(advprompts.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            where = f"{path.relative_to(root.parent)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Import):
+                bad += [f"{where} imports {a.name}" for a in node.names
+                        if a.name.split(".")[0] in {"pickle", "cPickle", "_pickle", "dill", "cloudpickle"}]
+            elif isinstance(node, ast.ImportFrom):
+                if (node.module or "").split(".")[0] in {"pickle", "cPickle", "_pickle", "dill", "cloudpickle"}:
+                    bad.append(f"{where} imports from {node.module}")
+                if node.module in {"torch", "torch.serialization"} and any(a.name == "load" for a in node.names):
+                    bad.append(f"{where} imports torch's load")
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
+                base = ast.unparse(node.func.value)
+                kw = {k.arg: k.value for k in node.keywords}
+                if base in {"torch", "torch.serialization"}:
+                    flag = kw.get("weights_only")
+                    if not (isinstance(flag, ast.Constant) and flag.value is True):
+                        bad.append(f"{where} calls {base}.load without weights_only=True")
+                if base in {"np", "numpy"} and "allow_pickle" in kw and not (
+                        isinstance(kw["allow_pickle"], ast.Constant) and kw["allow_pickle"].value is False):
+                    bad.append(f"{where} calls {base}.load with allow_pickle")
+    assert not bad, bad

@@ -1,9 +1,9 @@
 """The advprompts exception hierarchy.
 
 Every error a user can cause (bad config, missing model, broken dataset, occupied output folder,
-diverging optimisation) is an :class:`AdvPromptsError` whose message is one line saying what is
-wrong and what to do. The CLI prints that line and exits with status 2; anything else is a bug and
-keeps its traceback.
+an output folder another process is writing, diverging optimisation) is an :class:`AdvPromptsError`
+whose message is one line saying what is wrong and what to do. The CLI prints that line and exits
+with status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ class OutputExistsError(AdvPromptsError):
     """The output folder already holds a different run; pass --resume or --overwrite."""
 
 
+class OutputLockedError(AdvPromptsError):
+    """Another live process is writing the output folder (or this shard of it); the message names its pid."""
+
+
 class ShardError(AdvPromptsError):
     """An invalid ``--shard i/n`` specification."""
 
@@ -50,5 +54,6 @@ __all__ = [
     "ModelLoadError",
     "NaNLossError",
     "OutputExistsError",
+    "OutputLockedError",
     "ShardError",
 ]

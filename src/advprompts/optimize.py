@@ -11,10 +11,8 @@ the prompts whose index is its share, into the same folder, with the same result
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from advprompts.checkpoints import checkpoint_paths, load_checkpoint, save_checkpoint
 from advprompts.config.presets import dump_config
 from advprompts.config.schema import RunConfig
 from advprompts.data.folder import collate
@@ -32,7 +31,7 @@ from advprompts.losses import LossInputs, LossResources, LossSet, WeightedTerm, 
 from advprompts.losses.assignment import check_rankable, rank_descriptions, rankers
 from advprompts.optim_log import OptimLog
 from advprompts.prompts import LearnablePrompt
-from advprompts.rundir import atomic_write_bytes, prepare_run_dir
+from advprompts.rundir import atomic_write_bytes, prepare_run_dir, releases_run_dir
 from advprompts.sampler import Sampler
 
 logger = logging.getLogger(__name__)
@@ -137,15 +136,6 @@ def _sampler_kwargs(config: RunConfig, batch: dict, device: torch.device) -> dic
     return kw
 
 
-def _save_checkpoint(path: Path, step: int, prompt: LearnablePrompt, opt: torch.optim.Optimizer,
-                     stopped: bool) -> None:
-    buf = io.BytesIO()
-    torch.save({"step": step, "stopped": stopped, "embeddings": prompt.embeddings.detach().cpu(), "optimizer": opt.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                        "python": random.getstate()}}, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def _backward_per_term(weighted: dict[str, torch.Tensor], param: torch.Tensor, grad_accum: int) -> dict[str, float]:
     """Accumulate the terms' gradients into ``param.grad`` one term at a time and return each weighted
     term's gradient norm (``grad_<label>``): which term moves the prompt, on one scale."""
@@ -170,6 +160,7 @@ def _save_grid(path: Path, images: torch.Tensor) -> None:
     tmp.replace(path)
 
 
+@releases_run_dir("out")  # the run folder's lock (taken by prepare_run_dir) ends with the call
 def optimize(
     config: RunConfig,
     out: str | Path,
@@ -187,7 +178,7 @@ def optimize(
     Args:
         config: a validated :class:`~advprompts.config.schema.RunConfig`.
         out: run folder: ``prompt_<key>.safetensors`` (+ ``.json``), ``config.yaml``, ``log.csv``,
-            ``tensorboard/``, ``samples/<key>/step_XXXXXX.png``, ``checkpoints/<key>.pt``.
+            ``tensorboard/``, ``samples/<key>/step_XXXXXX.png``, ``checkpoints/<key>.safetensors`` + ``.json``.
         resume: continue the same run from its checkpoints.
         overwrite: empty a folder holding another advprompts run first.
         components, task_model, dataset: already-loaded objects (else loaded from ``config``).
@@ -199,7 +190,7 @@ def optimize(
         :class:`OptimResult`.
 
     Raises:
-        OutputExistsError, ConfigError, DataError, ModelLoadError, NaNLossError.
+        OutputExistsError, OutputLockedError, ConfigError, DataError, ModelLoadError, NaNLossError.
     """
     from advprompts.data import resolve_dataset
     from advprompts.models.loading import load_components
@@ -216,7 +207,7 @@ def optimize(
     out = Path(out)
     fingerprint = config.model_dump(mode="json")
     prepare_run_dir(out, fingerprint, "config.yaml", resume=resume, overwrite=overwrite, auto_resume=sharded,
-                    create=False)
+                    create=False, shard=shard)
 
     # 2. Models, data, losses.
     device = launch_device(config.model.device, state)
@@ -236,7 +227,7 @@ def optimize(
     with state.main_process_first() if state is not None else contextlib.nullcontext():
         main = state is None or state.is_main_process  # only the main process may empty the folder
         if not prepare_run_dir(out, fingerprint, "config.yaml", resume=resume, overwrite=overwrite and main,
-                               auto_resume=sharded):
+                               auto_resume=sharded, shard=shard):
             dump_config(config, out / "config.yaml")
     jobs = _jobs(config, dataset)
     _rank_targets(config, jobs, dataset, sampler, losses, device, out)
@@ -304,19 +295,9 @@ def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_
     prompt.to(device)
     opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls([prompt.embeddings], lr=o.lr, weight_decay=o.weight_decay)
-    ckpt_path = out / "checkpoints" / f"{job.key}.pt"
-    start, stopped, values = 0, False, {}
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        with torch.no_grad():
-            prompt.embeddings.copy_(state["embeddings"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        start = state["step"]
-        stopped = bool(state.get("stopped", False))
-        logger.info("prompt %s: resuming at step %d", job.key, start)
+    ckpt_dir, values = out / "checkpoints", {}
+    ckpt_path = checkpoint_paths(ckpt_dir, job.key)[1]  # the JSON half commits a checkpoint
+    start, stopped = load_checkpoint(ckpt_dir, job.key, prompt.embeddings, opt)
     log.truncate(job.key, start - 1)
     from tqdm.auto import tqdm
 
@@ -361,8 +342,7 @@ def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_
         if stopped:
             logger.info("prompt %s: task loss reached its threshold at step %d; stopping", job.key, step)
         if done % config.log.checkpoint_every == 0 or done == o.steps or stopped:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            _save_checkpoint(ckpt_path, done, prompt, opt, stopped)
+            save_checkpoint(ckpt_dir, job.key, done, prompt.embeddings, opt, stopped)
             log.flush()
     bar.close()
     steps_run = max(step + 1, start)

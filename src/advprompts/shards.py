@@ -63,10 +63,13 @@ def launch_device(spec: str, state) -> torch.device:
     return torch.device("cpu") if state.device.type == "cpu" else state.device
 
 
-def open_run(out: Path, fingerprint: dict, name: str, overwrite: bool, state, write) -> None:
+def open_run(out: Path, fingerprint: dict, name: str, overwrite: bool, state, write,
+             shard: tuple[int, int] | None = None) -> None:
     """Create or continue a shared run folder and call ``write()`` when it is new. Under a
-    launcher the main process goes first and alone may ``overwrite``; the others then join."""
+    launcher the main process goes first and alone may ``overwrite``; the others then join.
+    ``shard``: this process's resolved ``(i, n)`` (its lock on the folder, see ``prepare_run_dir``)."""
     with state.main_process_first() if state is not None else contextlib.nullcontext():
         main = state is None or state.is_main_process
-        if not prepare_run_dir(out, fingerprint, name, resume=False, overwrite=overwrite and main, auto_resume=True):
+        if not prepare_run_dir(out, fingerprint, name, resume=False, overwrite=overwrite and main, auto_resume=True,
+                               shard=shard):
             write()

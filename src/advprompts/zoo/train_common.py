@@ -57,7 +57,7 @@ def train_loop(name: str, model: torch.nn.Module, params, step_fn: Callable[[int
     device = next(model.parameters()).device
     start, elapsed = 0, 0.0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False, map_location=device)
+        state = torch.load(ckpt, weights_only=True, map_location=device)  # no pickle code on load
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         if ema is not None:
