@@ -32,14 +32,14 @@ def test_text2img_matches_from_pretrained_pipeline(tmp_path):
     # Two shards with a batch size that does not divide the count: same images, same order.
     for i in range(2):
         res = generate_text2img(str(model), "a red bird", num_images=5, steps=3, guidance_scale=4.0, seed=9,
-                                out=tmp_path / "out", shard=(i, 2), batch_size=2)
+                                out=tmp_path / "out", shard=(i, 2), batch_size=2, device="cpu")
         assert res.written == (3 if i == 0 else 2)
     for k, image in enumerate(ref):
         ours = np.asarray(Image.open(tmp_path / "out" / f"images/{k:05d}.png")).astype(int)
         assert np.abs(ours - np.asarray(image).astype(int)).max() == 0, f"image {k} differs"
     assert [r["file_name"] for r in _rows(tmp_path / "out")] == [f"images/{k:05d}.png" for k in range(5)]
     again = generate_text2img(str(model), "a red bird", num_images=5, steps=3, guidance_scale=4.0, seed=9,
-                              out=tmp_path / "out", shard=(0, 2), batch_size=2)
+                              out=tmp_path / "out", shard=(0, 2), batch_size=2, device="cpu")
     assert again.written == 0 and again.skipped == 3
     with pytest.raises(OutputExistsError, match="different run"):
         generate_text2img(str(model), "a blue bird", num_images=5, steps=3, guidance_scale=4.0, seed=9,
@@ -52,7 +52,7 @@ def test_negative_prompt_matches_diffusers_and_older_runs_continue(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     ref = pipe("a red bird", negative_prompt="a blue bird", num_images_per_prompt=2, num_inference_steps=3,
                guidance_scale=4.0, generator=torch.Generator().manual_seed(9)).images
-    kw = dict(num_images=2, steps=3, guidance_scale=4.0, seed=9)
+    kw = dict(num_images=2, steps=3, guidance_scale=4.0, seed=9, device="cpu")
     generate_text2img(str(model), "a red bird", out=tmp_path / "neg", negative_prompt="a blue bird", **kw)
     generate_text2img(str(model), "a red bird", out=tmp_path / "plain", **kw)
     for k, image in enumerate(ref):
@@ -153,3 +153,36 @@ def test_per_class_prompts_apply_to_their_class_only(tiny, tmp_path):
     assert len(worded) == 16
     assert {r["prompt"].split(" <")[0] for r in worded} == {"a square", "a circle"}
     assert all(("circle" in r["prompt"]) == (r["label"] == "1") for r in worded)
+
+
+def test_generated_sets_load_typed_with_the_datasets_library(tiny, tmp_path):
+    """README.md's YAML header types the columns for `load_dataset(folder)`: label a ClassLabel."""
+    from datasets import ClassLabel, Value
+    from datasets import load_dataset as hf_load
+
+    def load_dataset(*args, **kw):  # a private cache: nothing left in ~/.cache by the test
+        return hf_load(*args, cache_dir=str(tmp_path / "hf-cache"), **kw)
+
+    config = GenerateConfig(model={"diffusion": "tiny", "device": "cpu"}, source="tiny-synth:train",
+                            prompts=["a {class} on snow"], sampler={"num_steps": 2, "guidance_scale": 3.0},
+                            batch_size=16)
+    out = generate_dataset(config, tmp_path / "gen", components=tiny, progress=False).out_dir
+    ds = load_dataset(str(out), split="train")
+    assert len(ds) == 16 and ds.features["label"] == ClassLabel(names=["square", "disc"])
+    assert ds.features["seed"] == Value("int64") and ds.features["group"] == Value("string")
+    rows = _rows(out)
+    assert [ds.features["label"].int2str(y) for y in ds["label"]] == [r["label_name"] for r in rows]
+    assert ds["seed"] == [int(r["seed"]) for r in rows] and ds[0]["image"].size == (16, 16)
+    # imagefolder with data_dir reads the same rows and ignores the card (label a plain integer).
+    plain = load_dataset("imagefolder", data_dir=str(out), split="train")
+    assert len(plain) == 16 and plain.features["label"] == Value("int64")
+    # Regenerated in place (another run): the card changes, so datasets does not serve its stale cache.
+    other = config.model_copy(update={"prompts": ["a {class} in the city"]})
+    generate_dataset(other, out, components=tiny, overwrite=True, progress=False)
+    assert set(load_dataset(str(out), split="train")["prompt"]) == {"a square in the city", "a disc in the city"}
+    # Text-to-image sets are typed too; their label (always 0) stays an integer.
+    model = save_tiny_pipeline(tmp_path / "model")
+    t2i = generate_text2img(str(model), "a red bird", num_images=2, steps=2, guidance_scale=4.0, seed=0,
+                            out=tmp_path / "t2i", device="cpu", progress=False).out_dir
+    ds = load_dataset(str(t2i), split="train")
+    assert ds.features["label"] == Value("int64") and ds["prompt"] == ["a red bird"] * 2

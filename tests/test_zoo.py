@@ -136,6 +136,18 @@ def test_training_log_seconds_continue_across_a_resume(tmp_path, monkeypatch):
     assert second > 1.8 * first  # counted from the first run's start, not from the resume
 
 
+def test_transformers_configs_say_float32_whatever_the_weights(tmp_path):
+    """transformers 5 loads in the config's dtype: float32 there lets a plain from_pretrained upcast fp16 weights."""
+    from advprompts.zoo.build import load_as_float32
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"dtype": "float16", "text_config": {"dtype": "float16", "hidden_size": 64},
+                               "vision_config": {"hidden_size": 128}}))
+    load_as_float32(cfg)
+    out = json.loads(cfg.read_text())
+    assert out["dtype"] == out["text_config"]["dtype"] == "float32" and "dtype" not in out["vision_config"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_build_refuses_a_missing_gpu_before_writing(tmp_path):
     from dataclasses import replace

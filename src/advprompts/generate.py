@@ -1,7 +1,9 @@
 """Generate training sets: source-conditioned (learned or text prompts) and plain text-to-image.
 
-Both write ``images/NNNNN.png`` and ``metadata.csv`` (readable by ``datasets.load_dataset(
-"imagefolder", data_dir=out)``, by torchvision and by :class:`~advprompts.data.folder.FolderDataset`).
+Both write ``images/NNNNN.png``, ``metadata.csv`` (readable by ``datasets.load_dataset(
+"imagefolder", data_dir=out)``, by torchvision and by :class:`~advprompts.data.folder.FolderDataset`)
+and ``README.md``, a dataset card with which ``datasets.load_dataset(out)`` types the columns
+(``label`` a ClassLabel with the class names; :mod:`advprompts.data.card`).
 Image k is deterministic given the run seed and k, whatever the batch size, shard or process count.
 With ``shard=(i, n)`` a process makes the images with ``k % n == i``; under a multi-process launcher
 (``accelerate launch``, ``torchrun``) each process takes its share of that (:func:`resolve_shard`).
@@ -26,7 +28,7 @@ import torch
 from PIL import Image
 
 from advprompts.config.schema import GenerateConfig
-from advprompts.rundir import atomic_write_bytes, atomic_write_text, prepare_run_dir
+from advprompts.rundir import atomic_write_bytes, atomic_write_text, prepare_run_dir, releases_run_dir
 from advprompts.shards import launch_device, launch_state, open_run, parse_shard, resolve_shard  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -97,8 +99,9 @@ class _Rows:
             writer.writerows(rows)
         self.rows.extend(rows)
 
-    def merge(self, state=None) -> None:
-        """Write metadata.csv from every shard's rows; under a launcher once all processes are done."""
+    def merge(self, state=None, card: dict | None = None) -> None:
+        """Write metadata.csv from every shard's rows; under a launcher once all processes are done.
+        ``card``: arguments of :func:`~advprompts.data.card.write_dataset_card` (README.md beside it)."""
         if state is not None:
             state.wait_for_everyone()
             if not state.is_main_process:
@@ -109,6 +112,10 @@ class _Rows:
         writer.writeheader()
         writer.writerows(rows[k] for k in sorted(rows))
         atomic_write_text(self.out / "metadata.csv", buf.getvalue())
+        if card is not None:  # types the columns for `datasets.load_dataset(out)` (label: ClassLabel)
+            from advprompts.data.card import write_dataset_card
+
+            write_dataset_card(self.out, COLUMNS, list(rows.values()), **card)
 
 
 class _Writer:
@@ -174,6 +181,12 @@ def _source_class_names(dataset) -> list[str]:
     return [dataset[i].get("label_name") or names.get(dataset[i]["label"], "") for i in range(len(dataset))]
 
 
+def _class_names(dataset) -> dict:
+    """label -> class name of a dataset or of the dataset under a Subset (a pool's unit of sources)."""
+    names = getattr(dataset, "class_names", None)
+    return dict(names if names is not None else getattr(getattr(dataset, "dataset", None), "class_names", {}))
+
+
 def _applies(prompt, class_name: str) -> bool:
     owner = getattr(prompt, "class_name", None)
     return owner is None or owner == class_name
@@ -192,6 +205,7 @@ def _prompts(config: GenerateConfig, comps) -> list[tuple[str, str, object]]:
     return out
 
 
+@releases_run_dir("out")  # the folder's lock (taken by prepare_run_dir) ends with the call
 def generate_dataset(config: GenerateConfig, out: str | Path, *, shard: str | tuple[int, int] | None = None,
                      overwrite: bool = False, components=None, dataset=None, channels_last: bool = False,
                      compile: bool = False, progress: bool = True) -> GenerateResult:
@@ -224,7 +238,7 @@ def generate_dataset(config: GenerateConfig, out: str | Path, *, shard: str | tu
     if channels_last or compile:  # outputs differ in the last bits: another run
         fingerprint["fast_path"] = {"channels_last": channels_last, "compile": compile}
     prepare_run_dir(out, fingerprint, "generate.yaml", resume=False, overwrite=overwrite, auto_resume=True,
-                    create=False)
+                    create=False, shard=shard)
     device = launch_device(config.model.device, state)
     comps = components or load_components(config.model.diffusion, device=device, controlnet=config.model.controlnet)
     apply_fast_path(comps, channels_last, compile)
@@ -243,7 +257,7 @@ def generate_dataset(config: GenerateConfig, out: str | Path, *, shard: str | tu
         else:
             dump_config(config, out / "generate.yaml")
 
-    open_run(out, fingerprint, "generate.yaml", overwrite, state, write_config)
+    open_run(out, fingerprint, "generate.yaml", overwrite, state, write_config, shard)
     (out / "images").mkdir(exist_ok=True)
 
     # 2. The work list: image k = (source, prompt, repeat) in a fixed order; keep this shard's.
@@ -294,15 +308,17 @@ def generate_dataset(config: GenerateConfig, out: str | Path, *, shard: str | tu
     finally:
         writer.flush()
         writer.pool.shutdown()
-    rows.merge(state)
+    rows.merge(state, card={"class_names": _class_names(dataset), "run_file": "generate.yaml"})
     logger.info("generated %d images into %s (%d already done)", len(todo), out, len(mine) - len(todo))
     return GenerateResult(out_dir=out, written=len(todo), skipped=len(mine) - len(todo), total=len(jobs))
 
 
+@releases_run_dir("out")
 def generate_text2img(model: str, prompt: str, num_images: int, steps: int, guidance_scale: float, seed: int,
                       out: str | Path, *, shard: str | tuple[int, int] | None = None, batch_size: int = 4,
                       height: int | None = None, width: int | None = None, overwrite: bool = False,
-                      components=None, negative_prompt: str | None = None) -> GenerateResult:
+                      components=None, negative_prompt: str | None = None, device: str = "auto",
+                      progress: bool = True) -> GenerateResult:
     """Plain text-to-image, identical to ``StableDiffusionPipeline.from_pretrained(model)(prompt,
     num_images_per_prompt=num_images, num_inference_steps=steps, guidance_scale=guidance_scale,
     negative_prompt=negative_prompt, generator=torch.Generator().manual_seed(seed))``, saved in order as
@@ -310,7 +326,11 @@ def generate_text2img(model: str, prompt: str, num_images: int, steps: int, guid
 
     The pipeline draws all initial latents at once from one generator; they are drawn the same way
     here and sliced per batch / shard / process (its scheduler draws nothing more at eta = 0).
+    ``device``: ``auto`` (CUDA when visible; under a launcher this process's GPU), ``cpu`` or ``cuda[:N]``;
+    the initial latents are drawn on the CPU whatever the device, so a GPU differs only in float rounding.
     """
+    from tqdm.auto import tqdm
+
     from advprompts.models.loading import load_components
     from advprompts.sampler import Sampler
 
@@ -327,11 +347,10 @@ def generate_text2img(model: str, prompt: str, num_images: int, steps: int, guid
     import yaml
 
     prepare_run_dir(out, fingerprint, "text2img.yaml", resume=False, overwrite=overwrite, auto_resume=True,
-                    create=False)
-    comps = components or load_components(model, device=launch_device("auto", state) if state else "cpu",
-                                          scheduler="native")
+                    create=False, shard=shard)
+    comps = components or load_components(model, device=launch_device(device, state), scheduler="native")
     open_run(out, fingerprint, "text2img.yaml", overwrite, state,
-             lambda: atomic_write_text(out / "text2img.yaml", yaml.safe_dump(fingerprint, sort_keys=False)))
+             lambda: atomic_write_text(out / "text2img.yaml", yaml.safe_dump(fingerprint, sort_keys=False)), shard)
     (out / "images").mkdir(exist_ok=True)
     f = comps.vae_scale_factor
     height, width = height or comps.unet.config.sample_size * f, width or comps.unet.config.sample_size * f
@@ -344,7 +363,7 @@ def generate_text2img(model: str, prompt: str, num_images: int, steps: int, guid
     sampler = Sampler(comps, gradient_checkpointing=False)
     writer = _Writer(rows)
     try:
-        for start in range(0, len(todo), batch_size):
+        for start in tqdm(range(0, len(todo), batch_size), desc="text-to-image", disable=not progress or not todo):
             ks = todo[start:start + batch_size]
             images = sampler([prompt] * len(ks), num_steps=steps, guidance_scale=guidance_scale, height=height,
                              width=width, noise=noise[ks].to(comps.device), grad=False,
@@ -355,5 +374,5 @@ def generate_text2img(model: str, prompt: str, num_images: int, steps: int, guid
     finally:
         writer.flush()
         writer.pool.shutdown()
-    rows.merge(state)
+    rows.merge(state, card={"run_file": "text2img.yaml", "class_label": False})
     return GenerateResult(out_dir=out, written=len(todo), skipped=len(mine) - len(todo), total=num_images)

@@ -29,13 +29,23 @@ COMMANDS: list[tuple[str, str]] = [
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:  # eager: runs before the command is looked up, so `advprompts --version` needs none
+        from advprompts import __version__
+
+        typer.echo(f"advprompts {__version__}")
+        raise typer.Exit()
+
+
 def build_app(commands: list[tuple[str, str]] | None = None) -> typer.Typer:
     app = typer.Typer(help="Controlled training data generation with diffusion models (AP / GP / GAP).",
                       no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
     @app.callback()
     def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
-              verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress (INFO).")):
+              verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress (INFO)."),
+              version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                           help="Print the version and exit.")):
         _STATE["debug"] = debug
         logging.basicConfig(level=logging.INFO if verbose or debug else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")

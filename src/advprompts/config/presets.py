@@ -38,8 +38,31 @@ def list_presets() -> list[str]:
 
 def preset_description(name: str) -> str:
     """The first comment line of a preset file."""
-    first = _preset_files()[name].read_text().splitlines()[:1]
-    return first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+    return describe(_preset_files()[name])
+
+
+def describe(path: Path) -> str:
+    """The first line of a YAML file when it is a comment (a preset's one-line description), else "";
+    "..." marks a sentence that the next comment line continues."""
+    lines = Path(path).read_text().splitlines()[:2]
+    if not lines or not lines[0].startswith("#"):
+        return ""
+    first = lines[0].lstrip("# ").strip()
+    continued = len(lines) > 1 and lines[1].startswith("#") and not first.endswith(".")
+    return first + " ..." if continued else first
+
+
+#: Kinds of shipped presets: (key, heading, command that takes them).
+PRESET_KINDS = (("optimize", "optimisation presets", "advprompts optimize --config NAME"),
+                ("experiment", "experiment presets", "advprompts experiment --config NAME"))
+
+
+def presets_by_kind() -> dict[str, dict[str, Path]]:
+    """Every shipped preset, name -> file, per kind: ``optimize`` (one method's prompts, a RunConfig)
+    and ``experiment`` (methods x budgets x seeds, the closed loop)."""
+    from advprompts.experiments.config import PRESET_DIR as EXPERIMENT_DIR  # it imports this module
+
+    return {"optimize": _preset_files(), "experiment": {f.stem: f for f in sorted(EXPERIMENT_DIR.glob("*.yaml"))}}
 
 
 def read_yaml(spec: str | Path) -> dict:

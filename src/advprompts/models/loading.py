@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from advprompts.errors import ModelLoadError
-from advprompts.zoo.paths import is_embedded
+from advprompts.zoo.paths import inpaint_unet_subfolder, is_embedded
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def load_components(
         from transformers import CLIPTextModel, CLIPTokenizer
 
         # "embedded-inpaint": the embedded pipeline with its 9-channel inpainting UNet (sd/unet_inpaint).
-        unet_folder = "unet_inpaint" if spec == "embedded-inpaint" else "unet"
+        unet_folder = inpaint_unet_subfolder() if spec == "embedded-inpaint" else "unet"
         location, local = _resolve_spec("embedded" if is_embedded(spec) else spec)
         if local:
             check_pipeline_folder(location)
@@ -354,7 +354,15 @@ def _load_clip_cached(spec: str, device: str) -> ClipImageEncoder:
             )
     else:
         location, local = _resolve_spec(spec, "clip")
-    model = _from_pretrained(CLIPModel, location, None, local, "CLIP model", "clip")
+    kwargs = {}
+    if spec == "embedded-clip":
+        # Its config says float32 (so that a plain CLIPModel.from_pretrained runs beside the pipeline on
+        # CPU); guidance keeps running it in the dtype it is stored in, as every shipped figure was measured.
+        from advprompts.zoo.paths import stored_dtype
+
+        stored = stored_dtype()
+        kwargs = {"dtype": getattr(torch, stored)} if stored else {}
+    model = _from_pretrained(CLIPModel, location, None, local, "CLIP model", "clip", **kwargs)
     mean, std, tokenizer = CLIP_MEAN, CLIP_STD, None
     if local:
         pre = Path(location) / "preprocessor_config.json"

@@ -64,6 +64,23 @@ def write_manifest(out: Path, recipe: ZooRecipe, extra: dict, keep_gates: bool =
     return path
 
 
+def load_as_float32(config_file: Path) -> None:
+    """Record float32 as a transformers model's load dtype, whatever its weights' dtype.
+
+    transformers 5 loads a model in its config's ``dtype``; diffusers loads the UNet and VAE in
+    float32. A float16 text encoder beside them makes a plain ``StableDiffusionPipeline
+    .from_pretrained(sd)`` fail on CPU ("mat1 and mat2 must have the same dtype"); float32 here
+    upcasts the float16 weights on load instead.
+    """
+    def fix(node):
+        if isinstance(node, dict):
+            return {k: ("float32" if k in ("dtype", "torch_dtype") and v else fix(v)) for k, v in node.items()}
+        return node
+
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps(fix(config), indent=2, sort_keys=True) + "\n")
+
+
 def save_models(out: Path, clip, tokenizer, vae, unet, oracle, dtype: torch.dtype) -> None:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPImageProcessor, CLIPTextModel
@@ -75,6 +92,8 @@ def save_models(out: Path, clip, tokenizer, vae, unet, oracle, dtype: torch.dtyp
                                    requires_safety_checker=False)
     pipe.to(dtype=dtype).save_pretrained(out / "sd", safe_serialization=True)
     clip.to(dtype=dtype).save_pretrained(out / "clip", safe_serialization=True)
+    for folder in (out / "sd" / "text_encoder", out / "clip"):
+        load_as_float32(folder / "config.json")
     tokenizer.save_pretrained(out / "clip")
     CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
                        image_mean=CLIP_MEAN.flatten().tolist(), image_std=CLIP_STD.flatten().tolist()
@@ -124,7 +143,7 @@ def _cached_latents(vae, corpus, recipe: ZooRecipe, work: Path) -> torch.Tensor:
     """The corpus' VAE latents (unscaled), encoded once per work folder."""
     lat_file = work / "latents.pt"
     if lat_file.exists():
-        return torch.load(lat_file)
+        return torch.load(lat_file, weights_only=True)
     latents = encode_latents(vae, corpus, bf16=use_bf16(recipe))
     torch.save(latents, lat_file)
     return latents

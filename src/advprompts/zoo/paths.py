@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -22,6 +23,22 @@ def sd_path() -> Path:
 def clip_path() -> Path:
     """transformers CLIPModel folder of the tiny CLIP (its text tower is sd/text_encoder)."""
     return zoo_dir() / "clip"
+
+
+def inpaint_unet_subfolder() -> str:
+    """Sub-folder of sd/ holding the 9-channel inpainting UNet: pass it to diffusers'
+    StableDiffusionInpaintPipeline.from_pretrained(sd_path(), unet=UNet2DConditionModel.from_pretrained(
+    sd_path(), subfolder=...)); sd/ holds one pipeline, so the inpainting one shares its other parts."""
+    return "unet_inpaint"
+
+
+def stored_dtype() -> str | None:
+    """The dtype the zoo's weights are stored in (the manifest's "dtype", e.g. "float16"), if recorded.
+
+    The transformers configs (sd/text_encoder, clip) say float32, so that a plain ``from_pretrained``
+    upcasts them as diffusers does the UNet and VAE, and runs on CPU; this is what the weights hold."""
+    manifest = zoo_dir() / "manifest.json"
+    return json.loads(manifest.read_text()).get("dtype") if manifest.is_file() else None
 
 
 def oracle_path() -> Path:

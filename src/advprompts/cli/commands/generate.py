@@ -6,6 +6,7 @@ Under ``accelerate launch -m advprompts generate ...`` every process makes its s
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,6 +21,7 @@ def main(
     prompt: Annotated[Optional[list[str]], Opt("--prompt", help="Text prompt ({class} allowed).")] = None,
     source: Annotated[Optional[str], Opt("--source", help="Source dataset (folder or name[:split]).")] = None,
     model: Annotated[str, Opt("--model", help="Diffusion model: embedded, tiny, folder or hub id.")] = "embedded",
+    device: Annotated[str, Opt("--device", help="auto (CUDA when visible), cpu or cuda[:N].")] = "auto",
     num_images: Annotated[int, Opt("--num-images", help="Text-to-image: number of images.")] = 1,
     images_per_source: Annotated[int, Opt("--images-per-source", help="Per source and prompt.")] = 1,
     class_prompts: Annotated[str, Opt("--class-prompts", help="own: a per-class prompt only on its class's "
@@ -45,7 +47,9 @@ def main(
     from advprompts.errors import ConfigError
     from advprompts.generate import generate_dataset, generate_text2img, parse_shard
 
-    parse_shard(shard)  # reject a bad --shard before loading anything
+    parse_shard(shard)  # reject a bad --shard / --device before loading anything
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"--device takes auto, cpu or cuda[:N] (e.g. cuda:1); got {device!r}")
     words = dict(w.split("=", 1) for w in class_word or [] if "=" in w)
     if len(words) != len(class_word or []) or not all(k and v for k, v in words.items()):
         raise ConfigError(f"--class-word takes NAME=WORD (e.g. waterbird=duck); got {class_word}")
@@ -56,12 +60,13 @@ def main(
             raise ConfigError("--autocast / --channels-last / --compile / --class-word apply to --source generation; "
                               "text-to-image stays identical to diffusers")
         res = generate_text2img(model, prompt[0], num_images, steps, guidance_scale, seed, out, shard=shard,
-                                batch_size=batch_size, overwrite=overwrite, negative_prompt=negative_prompt)
+                                batch_size=batch_size, overwrite=overwrite, negative_prompt=negative_prompt,
+                                device=device)
     else:
         from advprompts.config.schema import GenerateConfig, parse_config
 
         cfg = parse_config(dict(
-            model={"diffusion": model, "autocast": autocast}, source=source,
+            model={"diffusion": model, "autocast": autocast, "device": device}, source=source,
             prompt_files=[str(p) for p in prompt_file or []],
             prompts=prompt or [], template=template, images_per_source=images_per_source, batch_size=batch_size,
             class_prompts=class_prompts, seed=seed, class_words=words,
