@@ -200,6 +200,13 @@ def test_adversary_target_mode_guides_each_prompt_to_the_descriptions_the_model_
 
     ranked = rank_descriptions(rankers(losses), losses, "sparrow", render)
     assert [r["description"] for r in ranked["sparrow"]] == ["sand", "lake", "snow"]  # most red first: fools class 0
+
+    def no_render(description):
+        raise AssertionError("rendered although the ranking was recorded")
+
+    assert rank_descriptions(rankers(losses), losses, "sparrow", no_render, known=ranked["sparrow"]) == ranked
+    # a recording of other descriptions is not reused
+    assert rank_descriptions(rankers(losses), losses, "sparrow", render, known=ranked["sparrow"][:2]) == ranked
     prompt = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=2, prefix="adv")
     for slot, expected in enumerate(["sand", "lake", "snow", "sand"]):
         inputs = LossInputs(images=torch.zeros(1, 3, 4, 4), prompt=prompt, class_names=["sparrow"], prompt_slot=slot)

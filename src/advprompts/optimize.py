@@ -272,16 +272,25 @@ def _rank_targets(config: RunConfig, jobs: list[_Job], dataset, sampler: Sampler
     if not terms:
         return
     template, words, ranking = config.prompt.template, config.prompt.class_words, {}
+    recorded = _read_json(out / "targets.json")  # a resumed run (same config: the folder's fingerprint says so)
     for job in {job.label: job for job in jobs}.values():
         def render(description: str) -> LossInputs:
             gen = step_generator(config.optim.seed, 1_000_003, job.label)
             text = lambda n: template.replace("{prompt}", description).replace("{class}", words.get(n, n))  # noqa: E731
-            with torch.no_grad():
-                return _draw_inputs(config, job, dataset, sampler, device, gen, text, grad=False)
+            return _draw_inputs(config, job, dataset, sampler, device, gen, text, grad=False)
 
         name = getattr(dataset, "class_names", {}).get(job.label, str(job.label))
-        ranking.update(rank_descriptions(terms, losses, name, render))
+        ranking.update(rank_descriptions(terms, losses, name, render, known=recorded.get(name)))
     atomic_write_bytes(out / "targets.json", json.dumps(ranking, indent=1).encode())
+
+
+def _read_json(path: Path) -> dict:
+    """The file's JSON object, or {} where it is missing or unreadable (then it is recomputed)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_step) -> PromptResult:
