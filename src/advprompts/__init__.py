@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_config": "advprompts.config.presets",
     "list_presets": "advprompts.config.presets",
+    "RunConfig": "advprompts.config.schema",
+    "GenerateConfig": "advprompts.config.schema",
     "load_components": "advprompts.models.loading",
     "load_clip": "advprompts.models.loading",
     "LearnablePrompt": "advprompts.prompts",
@@ -25,6 +27,7 @@ _EXPORTS = {
     "list_losses": "advprompts.losses",
     "load_task_model": "advprompts.tasks.models",
     "FolderDataset": "advprompts.data.folder",
+    "run_and_report": "advprompts.experiments.session",
 }
 __all__ = sorted(_EXPORTS)
 

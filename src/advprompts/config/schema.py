@@ -1,7 +1,8 @@
 """The run configuration: frozen pydantic models, unknown keys and wrong types rejected.
 
 AP, GP and GAP differ only in ``losses``: AP = an adversarial term, GP = guidance terms only,
-GAP = both. See ``docs/engine.md`` for every field.
+GAP = both. Every field: ``docs/config-reference.md`` (generated from this file's comments by
+``python -m advprompts.config.reference``); loss terms: ``docs/engine.md``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class ModelConfig(_Strict):
     diffusion: str = "embedded"          # load_components spec: embedded | tiny | folder | hub id
     controlnet: str | None = None        # ControlNet folder / hub id / "tiny" (dense tasks)
     device: str = "auto"                 # auto = cuda when available, else cpu
-    autocast: Literal["none", "bf16", "fp16"] = "none"
+    autocast: Literal["none", "bf16", "fp16"] = "none"  # mixed precision (opt-in; not bit-identical)
 
 
 class SamplerConfig(_Strict):
@@ -39,11 +40,11 @@ class SamplerConfig(_Strict):
     conditioning_scale: float = Field(1.0, ge=0)   # ControlNet scale
     negative_prompt: str | None = None             # text of CFG's unconditional branch (default "")
     image_size: int | None = Field(None, ge=8)     # source size (default: UNet sample size x VAE factor)
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = True            # recompute each denoising step in backward (less memory)
 
 
 class PromptConfig(_Strict):
-    num_tokens: int = Field(5, ge=1)
+    num_tokens: int = Field(5, ge=1)     # placeholder tokens (learned embedding rows) per prompt
     init: str = "vocab-gaussian"         # vocab-gaussian | vocab-gaussian-cov | random | word:<w>
     template: str = "{prompt}"           # e.g. "a photo of a {class} {prompt}"
     prefix: str = "ap"                   # tokens are <prefix-key-i>
@@ -71,32 +72,32 @@ class PromptConfig(_Strict):
 
 class DataConfig(_Strict):
     source: str                          # dataset folder or registered name (name:split)
-    split: str | None = None
+    split: str | None = None             # keep only rows of this split (the split column)
 
 
 class TaskConfig(_Strict):
     arch: str | None = None              # registered task model (small_cnn, resnet18, ...)
-    num_classes: int = Field(2, ge=1)
-    weights: str | None = None           # safetensors / pt state dict
-    input_size: int | None = None
+    num_classes: int = Field(2, ge=1)    # the task model's outputs
+    weights: str | None = None           # safetensors / pt state dict (none: random weights)
+    input_size: int | None = None        # resize images to this size first (default: the architecture's)
 
 
 class LossConfig(_Strict):
     name: str                            # registered loss term (advprompts.losses.list_losses())
-    weight: float = 1.0
+    weight: float = 1.0                  # the term's factor in the total loss (lambda)
     warmup: int = Field(0, ge=0)         # active from this step on
     label: str | None = None             # log name (default: name)
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)  # the term's own options (docs/engine.md)
 
 
 class OptimConfig(_Strict):
-    optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(2, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    steps: int = Field(100, ge=1)
-    seed: int = 0
+    optimizer: Literal["adam", "adamw"] = "adam"   # over the prompt embeddings only
+    lr: float = Field(1e-3, gt=0)              # learning rate
+    weight_decay: float = Field(0.0, ge=0)     # weight decay of the prompt embeddings
+    batch_size: int = Field(2, ge=1)           # source images per sampler rollout
+    grad_accum: int = Field(1, ge=1)           # rollouts accumulated per step (batch = batch_size x this)
+    steps: int = Field(100, ge=1)              # optimisation steps per prompt
+    seed: int = 0                              # seed of the source batches and sampler noise
 
 
 class LogConfig(_Strict):
@@ -105,21 +106,21 @@ class LogConfig(_Strict):
     # the terms are then differentiated one by one (a second backward through the sampler when two
     # terms read the images). 0 = never.
     grad_norm_every: int = Field(1, ge=0)
-    checkpoint_every: int = Field(100, ge=1)
-    tensorboard: bool = True
-    progress: bool = True
+    checkpoint_every: int = Field(100, ge=1)   # steps between resumable checkpoints
+    tensorboard: bool = True                   # write tensorboard/ in the run folder
+    progress: bool = True                      # show a progress bar
 
 
 class RunConfig(_Strict):
     method: Literal["ap", "gp", "gap"] = "ap"  # informational; ``losses`` defines the method
-    model: ModelConfig = ModelConfig()
-    sampler: SamplerConfig = SamplerConfig()
-    prompt: PromptConfig = PromptConfig()
-    data: DataConfig
-    task: TaskConfig = TaskConfig()
-    losses: list[LossConfig] = Field(min_length=1)
-    optim: OptimConfig = OptimConfig()
-    log: LogConfig = LogConfig()
+    model: ModelConfig = ModelConfig()         # the diffusion model and device
+    sampler: SamplerConfig = SamplerConfig()   # the differentiable sampler while optimising
+    prompt: PromptConfig = PromptConfig()      # the learned prompts: tokens, template, how many
+    data: DataConfig                           # the source images (labelled)
+    task: TaskConfig = TaskConfig()            # the model under attack (AP / GAP)
+    losses: list[LossConfig] = Field(min_length=1)  # AP: adversarial term; GP: guidance; GAP: both
+    optim: OptimConfig = OptimConfig()         # the optimiser
+    log: LogConfig = LogConfig()               # logs, samples, checkpoints
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
@@ -136,20 +137,20 @@ class RunConfig(_Strict):
 class GenerateConfig(_Strict):
     """Source-conditioned generation (``advprompts generate --source``)."""
 
-    model: ModelConfig = ModelConfig()
-    sampler: SamplerConfig = SamplerConfig(num_steps=15)
+    model: ModelConfig = ModelConfig()             # the diffusion model and device
+    sampler: SamplerConfig = SamplerConfig(num_steps=15)  # steps, CFG, SDEdit strength, conditioning
     source: str                                    # dataset folder / registered name
-    split: str | None = None
+    split: str | None = None                       # keep only rows of this split
     prompt_files: list[str] = Field(default_factory=list)   # learned prompts (TI safetensors)
     prompts: list[str] = Field(default_factory=list)        # text prompts ({class} allowed)
     template: str | None = None                    # overrides the learned prompts' templates
     class_words: dict[str, str] = Field(default_factory=dict)  # {class} fill per class name (see PromptConfig)
-    images_per_source: int = Field(1, ge=1)
+    images_per_source: int = Field(1, ge=1)        # per source and prompt
     # "own": a prompt learned for one class (per_class) is applied to that class's sources only;
     # "all": every prompt on every source.
     class_prompts: Literal["own", "all"] = "own"
-    batch_size: int = Field(4, ge=1)
-    seed: int = 0
+    batch_size: int = Field(4, ge=1)               # images per batch
+    seed: int = 0                                  # run seed: image k depends only on it and k
 
     @model_validator(mode="after")
     def _some_prompt(self) -> "GenerateConfig":
@@ -163,7 +164,7 @@ def format_validation_error(exc: ValidationError, what: str = "config") -> str:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "(root)"
     if err["type"] == "extra_forbidden":
-        return f"{what}: unknown key {key!r}; remove it or check its spelling (see docs/engine.md)"
+        return f"{what}: unknown key {key!r}; remove it or check its spelling (see docs/config-reference.md)"
     if err["type"] == "missing":
         return f"{what}: missing required key {key!r}"
     value = err.get("input")

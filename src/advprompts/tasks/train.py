@@ -25,10 +25,10 @@ class TrainRecipe(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    epochs: int = Field(20, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(20, ge=1)                  # passes over the training set (train + extra)
+    lr: float = Field(2e-3, gt=0)                  # AdamW peak learning rate (one-cycle schedule)
+    weight_decay: float = Field(5e-4, ge=0)        # AdamW weight decay
+    batch_size: int = Field(64, ge=1)              # images per step
     mode: Literal["full", "last_layer"] = "full"   # fine-tune every weight, or only the classifier head
     flip: bool = True                              # random horizontal flips
     blur: float = Field(0.0, ge=0, le=1)           # probability of a random Gaussian blur (sigma 0.3-1.5): makes

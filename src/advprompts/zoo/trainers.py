@@ -289,7 +289,7 @@ def train_inpaint_unet(corpus: Corpus, latents: torch.Tensor, vae, unet, text_en
                        work: Path, log_file: Path):
     """The 9-channel inpainting UNet, from the text-to-image UNet with zero-initialised extra input
     channels: unlike latent blending it sees what is kept (meant against a second object painted
-    beside the kept one; measured with 600 steps: no clear gain, see the README)."""
+    beside the kept one; measured with 600 steps: no clear gain, see docs/zoo-builds.md)."""
     inpaint = make_unet(recipe.seed, in_channels=9)
     state = {k: v.clone() for k, v in unet.state_dict().items()}
     w = state["conv_in.weight"]
