@@ -46,3 +46,13 @@ def source_batch(batch: int = 2, size: int = 16, seed: int = 0):
     masks = torch.zeros(batch, 1, size, size)
     masks[:, :, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1.0
     return images, masks
+
+
+def one_line_error(result, match: str) -> str:
+    """Check a ``CliRunner`` result: exit status 2, one ``error: ...`` line containing ``match``, no
+    traceback (progress bars aside: "%|"). Returns the line."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [line for line in result.output.strip().splitlines() if line.strip() and "%|" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
+    assert match in lines[0], lines[0]
+    return lines[0]

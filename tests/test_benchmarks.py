@@ -105,6 +105,7 @@ def test_cli_data_export_and_errors(tmp_path):
 
 
 def test_benchmark_cache_is_keyed_by_the_renderer_code(tmp_path, monkeypatch):
+    from advprompts.fsio import write_manifest
     from advprompts.world import benchmarks
 
     exports = []
@@ -113,6 +114,7 @@ def test_benchmark_cache_is_keyed_by_the_renderer_code(tmp_path, monkeypatch):
         exports.append(out)
         out.mkdir(parents=True)
         (out / "metadata.csv").write_text("file_name\n")
+        write_manifest(out)
         return out
 
     monkeypatch.setenv("ADVPROMPTS_CACHE", str(tmp_path))

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from advprompts.cli.app import app
 from advprompts.losses import LossInputs, LossTerm, register_loss
+from conftest import one_line_error
 
 runner = CliRunner()
 
@@ -33,11 +34,7 @@ def _folder(root, n=2, mask_size=None, corrupt=False, rows=True):
 
 
 def _check(args, match, out=None):
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
-    assert match in lines[0], lines[0]
+    one_line_error(runner.invoke(app, args), match)
     if out is not None:
         assert not out.exists() or out.is_dir() and not any(out.iterdir()), "partial output left behind"
 

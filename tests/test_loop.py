@@ -63,14 +63,15 @@ def test_optimized_loop_attacks_the_previous_round_and_resumes(bench_dir, tmp_pa
     # Round 1 keeps the experiment's draws (prompt seed 1000 * seed, the preset's optim.seed); round 2 moves on.
     assert run1["prompt"]["seeds"] == [1000] and run1["optim"]["seed"] == 0
     assert run2["prompt"]["seeds"] != [1000] and run2["optim"]["seed"] != 0
-    # Resume: a deleted round cell is recomputed to the same row; the other rounds are reused.
+    # Resume: a deleted and a torn round cell are recomputed to the same rows; the other rounds are reused.
     csv_before = (out / "loop.csv").read_text()
     cells = out / "cells/loop"
     (cells / "ap-s1-r1.json").unlink()
+    (cells / "ap-s1-r2.json").write_text('{"method": "ap", "se')
     before = {p.name: p.stat().st_mtime_ns for p in cells.iterdir()}
     again = run_loop(ExperimentRunner(cfg, out, components=tiny, progress=False), ["ap"], 2, seeds=[1])
     after = {p.name: p.stat().st_mtime_ns for p in cells.iterdir()}
-    assert {k for k in after if after[k] != before.get(k)} == {"ap-s1-r1.json"}
+    assert {k for k in after if after[k] != before.get(k)} == {"ap-s1-r1.json", "ap-s1-r2.json"}
     assert again == rows and (out / "loop.csv").read_text() == csv_before
 
 

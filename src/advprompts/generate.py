@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,9 +57,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def _save_png(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    Image.fromarray(array).save(tmp)
-    tmp.replace(path)
+    buf = io.BytesIO()  # encoded in memory, so a failed write (disk full) leaves no temp file behind
+    Image.fromarray(array).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _read_part(path: Path, repair: bool = False) -> list[dict]:

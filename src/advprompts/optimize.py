@@ -26,6 +26,7 @@ from advprompts.config.presets import dump_config
 from advprompts.config.schema import RunConfig
 from advprompts.data.folder import collate
 from advprompts.errors import ConfigError, DataError, NaNLossError
+from advprompts.fsio import read_json
 from advprompts.shards import launch_device, launch_state, parse_shard, resolve_shard
 from advprompts.losses import LossInputs, LossResources, LossSet, WeightedTerm, build_loss
 from advprompts.losses.assignment import check_rankable, rank_descriptions, rankers
@@ -272,7 +273,7 @@ def _rank_targets(config: RunConfig, jobs: list[_Job], dataset, sampler: Sampler
     if not terms:
         return
     template, words, ranking = config.prompt.template, config.prompt.class_words, {}
-    recorded = _read_json(out / "targets.json")  # a resumed run (same config: the folder's fingerprint says so)
+    recorded = read_json(out / "targets.json") or {}  # a resumed run (same config: the folder's fingerprint says so)
     for job in {job.label: job for job in jobs}.values():
         def render(description: str) -> LossInputs:
             gen = step_generator(config.optim.seed, 1_000_003, job.label)
@@ -282,15 +283,6 @@ def _rank_targets(config: RunConfig, jobs: list[_Job], dataset, sampler: Sampler
         name = getattr(dataset, "class_names", {}).get(job.label, str(job.label))
         ranking.update(rank_descriptions(terms, losses, name, render, known=recorded.get(name)))
     atomic_write_bytes(out / "targets.json", json.dumps(ranking, indent=1).encode())
-
-
-def _read_json(path: Path) -> dict:
-    """The file's JSON object, or {} where it is missing or unreadable (then it is recomputed)."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_step) -> PromptResult:

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from advprompts.errors import ConfigError, DataError
+from advprompts.rundir import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ class LearnablePrompt(torch.nn.Module):
         tmp.replace(path)
         meta = {"name": self.name, "tokens": self.tokens, "template": self.template,
                 "class_name": self.class_name, "init": self.init, "seed": self.seed, **extra}
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))  # a torn sidecar is refused on load
         return path
 
     @classmethod
@@ -252,6 +253,9 @@ class LearnablePrompt(torch.nn.Module):
             tokenizer, text_encoder: where to add the tokens.
             prefix: token prefix to use (default: the file's placeholder without ``<>``).
             template: overrides the sidecar's template.
+
+        Raises:
+            DataError: missing or unreadable file or sidecar, a tensor of another model's width, NaN or Inf.
         """
         path = Path(path)
         if not path.is_file():
@@ -265,8 +269,20 @@ class LearnablePrompt(torch.nn.Module):
         key, value = next(iter(state.items()))
         if value.ndim == 1:
             value = value[None]
+        width = text_encoder.get_input_embeddings().weight.shape[1]
+        if value.ndim != 2 or value.shape[1] != width or not value.is_floating_point():
+            raise DataError(f"prompt file {str(path)!r} holds a {value.dtype} tensor of shape {tuple(value.shape)}; "
+                            f"this model's text encoder needs (n, {width}) floats: it was learned for another model")
+        if not torch.isfinite(value).all():
+            raise DataError(f"prompt file {str(path)!r} holds NaN or infinite values; use a file from a run that "
+                            "did not diverge")
         meta_path = path.with_suffix(".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        try:
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"prompt sidecar {str(meta_path)!r} is not readable JSON ({exc}); restore or delete it") from exc
         prefix = prefix or key.strip("<>")
         return cls(tokenizer, text_encoder, num_tokens=value.shape[0], prefix=prefix,
                    template=template or meta.get("template", "{prompt}"), class_name=meta.get("class_name"),

@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from advprompts.errors import OutputExistsError, OutputLockedError
+from advprompts.fsio import atomic_write_bytes, atomic_write_text, check_writable  # noqa: F401  (writers import them here)
 
 try:
     import fcntl
@@ -53,18 +54,6 @@ def _forget_inherited() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_inherited)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temp file next to ``path`` and rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def is_lock_file(path: str | Path) -> bool:
@@ -305,6 +294,7 @@ def prepare_run_dir(out: str | Path, config: dict, config_name: str, *, resume: 
         True when an existing run is continued.
 
     Raises:
+        FileSystemError: the OS refuses to create or write ``out`` (:func:`check_writable`).
         OutputLockedError: another live process is writing the folder (or this shard).
         OutputExistsError: the folder holds a different run, foreign files, or the same run
             without ``resume``.
@@ -313,6 +303,7 @@ def prepare_run_dir(out: str | Path, config: dict, config_name: str, *, resume: 
     if resume and overwrite:
         raise OutputExistsError("--resume and --overwrite exclude each other; pick one")
     stored_path = out / config_name
+    check_writable(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output {str(out)!r} is a file; pass a folder path")
     if out.is_dir():  # another writer fails us first (existing lock files only: nothing is created)

@@ -1,4 +1,10 @@
-"""Map our errors to one line on stderr and exit status 2 (a traceback only with --debug)."""
+"""Map our errors to one line on stderr and exit status 2 (a traceback only with --debug).
+
+An ``OSError`` the operating system raises for a path (not a folder, permission denied, no space
+left, read-only file system, name too long) is a user's problem too: it gets the same treatment
+through :meth:`~advprompts.errors.FileSystemError.from_os_error` (naming the command's ``--out``
+when the error names no path); any other exception is a bug.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,25 @@ import functools
 
 import typer
 
-from advprompts.errors import AdvPromptsError
+from advprompts.errors import AdvPromptsError, FileSystemError
 
 _STATE = {"debug": False}
 
 
 def handle_errors(fn):
-    """Turn an AdvPromptsError into one line on stderr and exit status 2 (traceback with --debug)."""
+    """Turn an AdvPromptsError (or a mapped OSError) into one line on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except AdvPromptsError as exc:
-            if _STATE["debug"]:
+        except (AdvPromptsError, OSError) as exc:
+            error = exc
+            if not isinstance(exc, AdvPromptsError):  # the path the OS names, else the command's --out
+                error = FileSystemError.from_os_error(exc, None if exc.filename else kwargs.get("out"))
+            if error is None or _STATE["debug"]:
                 raise
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=exc.exit_code) from None
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=error.exit_code) from None
 
     return wrapper

@@ -2,8 +2,9 @@
 
 Columns: ``file_name,label[,label_name][,group][,place][,location][,time][,split][,mask_file]
 [,depth_file][,caption]``; ``file_name``, ``mask_file`` and ``depth_file`` are relative to the
-folder (absolute paths are allowed). A mask is a grayscale PNG (object = above half of 255, or
-1 in a 0/1 mask); a depth file is ``.npy`` or a grayscale PNG. ``root`` may also be the CSV file itself.
+folder and must stay inside it, symlinks included. A mask is a grayscale PNG (object = above half
+of 255, or 1 in a 0/1 mask); a depth file is ``.npy`` or a grayscale PNG. Images of any mode are
+read as RGB as displayed (:mod:`~advprompts.data.files`). ``root`` may also be the CSV file itself.
 The same folder layout is what ``advprompts generate`` writes, and ``datasets.load_dataset(
 "imagefolder", data_dir=...)`` reads it too. Everything is validated when the dataset is opened,
 so a bad file fails before any compute is spent.
@@ -23,8 +24,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from advprompts.data.files import escapes, image_problem, read_mask, read_rgb
 from advprompts.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,9 @@ OPTIONAL = ("label_name", "group", "place", "location", "time", "split", "mask_f
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 _DATASETS: dict[str, Callable[..., Any]] = {}
-_WHY = {"missing": "is missing; {fix}", "corrupt": "is corrupt or unreadable; replace or remove it"}
+_WHY = {"missing": "is missing; {fix}", "corrupt": "is corrupt or unreadable; replace or remove it",
+        "nonfinite": "has NaN or infinite pixels; replace it"}
+_PATHS = (("file_name", "image"), ("mask_file", "mask"), ("depth_file", "depth file"))
 
 
 def register_dataset(name: str):
@@ -53,61 +57,17 @@ def list_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
-def _read_image(path: Path, mode: str) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert(mode)
-    except FileNotFoundError as exc:
-        raise DataError(f"image {str(path)!r} is missing; fix file_name in metadata.csv or add the file") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"image {str(path)!r} is corrupt or unreadable ({exc}); replace or remove it") from exc
-
-
-def _to_tensor(im: Image.Image) -> torch.Tensor:
-    arr = np.asarray(im, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous() if arr.ndim == 3 else torch.from_numpy(arr)[None]
-
-
-def read_mask(path: Path, instance: bool = False) -> np.ndarray:
-    """The object pixels of a mask file as a bool (H, W) array.
-
-    Binary masks: above half of 255 (0/255 masks and soft CUB segmentations alike; in a 0/1 mask,
-    1). Instance masks (0 = background, k = the k-th instance): every non-zero pixel.
-    """
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im if instance else im.convert("L"))
-    except FileNotFoundError as exc:
-        raise DataError(f"mask {str(path)!r} is missing; add it or clear mask_file") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"mask {str(path)!r} is corrupt or unreadable; replace or remove it") from exc
-    if arr.ndim == 3:
-        arr = arr.max(axis=-1)
-    return arr > 0 if instance or arr.max(initial=0) <= 1 else arr > 127
-
-
-def image_problem(path: Path, decode: bool = False) -> tuple[tuple[int, int] | None, str | None]:
-    """``(size, None)`` for a readable image, else ``(None, "missing" | "corrupt")``.
-
-    ``decode`` also decodes the pixels (JPEG at reduced scale), which catches truncated files.
-    """
-    try:
-        with Image.open(path) as im:
-            size = im.size
-            im.verify()
-        if decode:
-            with Image.open(path) as im:
-                im.draft("RGB", (64, 64))
-                im.load()
-    except FileNotFoundError:
-        return None, "missing"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return None, "corrupt"
-    return size, None
-
-
 def row_problems(root: Path, row: dict, where: str = "", decode: bool = False) -> list[str]:
-    """Every problem of one row (label, image, mask), each a one-line message naming the file."""
+    """Every problem of one row (label, image, mask), each a one-line message naming the file.
+
+    Paths must stay inside ``root``: those of a metadata.csv (rows marked ``_confined``) even through
+    symlinks; a loader's ``file_name`` by its text (its folders may be symlinks; its masks may live
+    elsewhere, where the user pointed it)."""
+    confined = bool(row.get("_confined"))
+    for key, what in _PATHS:
+        if row.get(key) and (confined or key == "file_name") and escapes(root, row[key], follow_links=confined):
+            return [f"{what} {row[key]!r}{where} is outside the dataset folder {str(root)!r}; a dataset may only "
+                    "name files inside its folder (copy the file in)"]
     problems = []
     try:
         int(float(row["label"]))
@@ -141,7 +101,7 @@ def read_metadata(path: str | Path) -> tuple[Path, Path, list[str], list[dict]]:
         with open(meta, newline="") as fh:
             reader = csv.DictReader(fh)
             columns = list(reader.fieldnames or [])
-            rows = [dict(r, _line=i + 2, _file=meta.name) for i, r in enumerate(reader)]
+            rows = [dict(r, _line=i + 2, _file=meta.name, _confined=True) for i, r in enumerate(reader)]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{str(meta)!r} is not a readable CSV ({exc}); rewrite it as UTF-8 CSV") from exc
     missing = [c for c in REQUIRED if c not in columns]
@@ -214,7 +174,9 @@ class FolderDataset(torch.utils.data.Dataset):
     def _dense(self, name: str) -> torch.Tensor:
         path = self.root / name
         if path.suffix == ".npy":
-            arr = np.load(path).astype(np.float32)
+            arr = np.load(path).astype(np.float32)  # allow_pickle is False: a .npy cannot run code
+            if not np.isfinite(arr).all():
+                raise DataError(f"depth file {str(path)!r} has NaN or infinite values; replace it")
             return torch.from_numpy(arr.reshape(1, *arr.shape[-2:]))
         with Image.open(path) as im:
             arr = np.asarray(im, dtype=np.float32)
@@ -228,7 +190,7 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]
-        image = self._resize(_to_tensor(_read_image(self.root / row["file_name"], "RGB")), "bilinear").clamp(0, 1)
+        image = self._resize(read_rgb(self.root / row["file_name"]), "bilinear").clamp(0, 1)
         mask = self._mask(row, tuple(image.shape[-2:]))
         dense = self._resize(self._dense(row["depth_file"]), "bilinear") if row.get("depth_file") else None
         item = {k: str(row.get(k) or "") for k in OPTIONAL}
@@ -314,7 +276,7 @@ def load_images(spec: str, max_images: int = 100, image_size: int | None = None)
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)[:max_images]
         if not files:
             raise DataError(f"image folder {spec!r} holds no images ({', '.join(IMAGE_EXTS)})")
-        images = [_to_tensor(_read_image(p, "RGB")) for p in files]
+        images = [read_rgb(p) for p in files]
     else:
         ds = resolve_dataset(spec, image_size=image_size)
         images = [ds[i]["image"] for i in range(min(len(ds), max_images))]

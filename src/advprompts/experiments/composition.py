@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import yaml
 
+from advprompts.fsio import read_json
 from advprompts.rundir import atomic_write_text
 
 
@@ -113,8 +114,9 @@ def pool_compositions(pools: list[Path], ctx: dict, oracle) -> dict[str, dict]:
     result = {}
     for pool in pools:
         cache = pool / "composition.json"
-        if cache.is_file():
-            result[pool.name] = json.loads(cache.read_text())
+        cached = read_json(cache)  # a torn file is recomputed
+        if cached is not None:
+            result[pool.name] = cached
             continue
         comp = composition(pool, ctx["bench"], ctx["train_groups"], oracle, target_places=ctx["target"])
         atomic_write_text(cache, json.dumps(comp))

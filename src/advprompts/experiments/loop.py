@@ -24,6 +24,7 @@ from pathlib import Path
 from advprompts.errors import ConfigError
 from advprompts.experiments.config import ExperimentConfig
 from advprompts.experiments.runner import ExperimentRunner
+from advprompts.fsio import read_json
 from advprompts.rundir import atomic_write_text
 from advprompts.tasks.train import Tensors, evaluate, save_task_weights, train_classifier
 
@@ -60,8 +61,9 @@ def run_chain(runner: ExperimentRunner, method: str, seed: int, rounds: int) -> 
 
     def cached(rnd: int, model_file: Path | None, make) -> dict:
         path = cells / f"{key}-r{rnd}.json"
-        if path.is_file() and (model_file is None or model_file.is_file()):
-            return json.loads(path.read_text())
+        row = read_json(path, required=("round", "worst_group_acc"))  # a torn file is recomputed
+        if row is not None and (model_file is None or model_file.is_file()):
+            return row
         row = {"method": method, "seed": seed, "round": rnd, **make()}
         cells.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(row))  # last: its presence marks the round done

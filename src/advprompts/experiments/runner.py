@@ -30,6 +30,7 @@ import torch
 from advprompts.experiments.config import ExperimentConfig, MethodSpec
 from advprompts.experiments.pools import (_labels, augment_pool, export_group_images, fresh_text_side, generate_units,
                                           load_pool, real_pool, source_picks)
+from advprompts.fsio import read_json
 from advprompts.rundir import atomic_write_text, prepare_run_dir
 from advprompts.tasks.train import Tensors, evaluate, load_tensors, save_task_weights, train_classifier
 
@@ -269,8 +270,9 @@ class ExperimentRunner:
     def cell(self, name: str, spec: MethodSpec, seed: int, n: int, pool: Tensors, arch: str | None = None) -> dict:
         label = name if arch is None or arch == self.config.task.arch else f"{name}->{arch}"
         path = self.out / "cells" / f"{label}-n{n}-s{seed}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
+        cached = read_json(path, required=("avg_acc", "worst_group_acc"))  # a torn or foreign file is recomputed
+        if cached is not None:
+            return cached
         t0 = time.time()
         model = self.base_model(seed, arch)
         data = Tensors.concat([self.train_data, pool.subset(list(range(n)))]) if n else self.train_data

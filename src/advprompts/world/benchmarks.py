@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from advprompts.errors import ConfigError
+from advprompts.fsio import check_writable, manifest_problem, write_manifest
 from advprompts.world.captions import caption
 from advprompts.world.objects import OBJECTS
 from advprompts.world.places import LAND_PLACES, PLACES, WATER_PLACES
@@ -28,6 +30,7 @@ from advprompts.world.render import camera_location, random_scene, render
 
 BENCHMARK_DIR = Path(__file__).parent / "benchmarks"
 COLUMNS = ["file_name", "label", "label_name", "group", "place", "location", "time", "split", "mask_file", "caption"]
+logger = logging.getLogger(__name__)
 PLACE_SETS = {"water": WATER_PLACES, "land": LAND_PLACES, "all": tuple(PLACES)}
 
 
@@ -123,7 +126,8 @@ def _draw(bench: Benchmark, split: str, index: int) -> dict:
 
 
 def export_benchmark(bench: Benchmark, out: Path, splits: list[str] | None = None) -> Path:
-    """Render the benchmark into `out` (images/<split>/, masks/<split>/, metadata.csv); atomic."""
+    """Render the benchmark into `out` (images/<split>/, masks/<split>/, metadata.csv, manifest.json);
+    atomic: it is rendered into a temporary folder, removed again if anything fails, then renamed."""
     out = Path(out)
     if (out / "metadata.csv").exists():
         raise ConfigError(f"{out} already holds a dataset; choose another --out or delete it")
@@ -131,8 +135,25 @@ def export_benchmark(bench: Benchmark, out: Path, splits: list[str] | None = Non
     for split in splits:  # validated before anything is rendered
         if split not in bench.splits:
             raise ConfigError(f"benchmark {bench.name} has no split {split!r}; splits: {', '.join(bench.splits)}")
+    check_writable(out)
     # One temporary folder per process: concurrent first uses of a cached benchmark never share one.
     tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    try:
+        _render(bench, tmp, splits)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not (out / "metadata.csv").exists():
+                raise
+            shutil.rmtree(tmp)  # another process finished the same export first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-rendered folder left behind (disk full, Ctrl-C)
+        raise
+    return out
+
+
+def _render(bench: Benchmark, tmp: Path, splits: list[str]) -> None:
     rows = []
     for split in splits:
         (tmp / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -151,14 +172,7 @@ def export_benchmark(bench: Benchmark, out: Path, splits: list[str] | None = Non
         writer.writeheader()
         writer.writerows(rows)
     (tmp / "benchmark.yaml").write_text(yaml.safe_dump(bench.model_dump(), sort_keys=False))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if not (out / "metadata.csv").exists():
-            raise
-        shutil.rmtree(tmp)  # another process finished the same export first
-    return out
+    write_manifest(tmp)  # last: every file's sha256, checked before a cached export is used
 
 
 def renderer_fingerprint() -> str:
@@ -174,12 +188,24 @@ def cached_export(name: str) -> Path:
     """The exported folder of a shipped benchmark, rendered on first use into the cache.
 
     The key covers the renderer's code as well as the benchmark file: a changed object look must not
-    reuse renders of the old one (a stale cache once paired new zoo models with old sparrows)."""
+    reuse renders of the old one (a stale cache once paired new zoo models with old sparrows). A cached
+    folder whose files no longer match its manifest (edited, truncated, deleted) is rendered again."""
     bench = load_benchmark(name)
     key = hashlib.sha256((yaml.safe_dump(bench.model_dump()) + renderer_fingerprint()).encode()).hexdigest()[:12]
     root = Path(os.environ.get("ADVPROMPTS_CACHE", Path.home() / ".cache" / "advprompts")) / "benchmarks"
     out = root / f"{name}-{key}"
-    return out if (out / "metadata.csv").exists() else export_benchmark(bench, out)
+    if out.exists():
+        problem = manifest_problem(out)
+        if problem is None:
+            return out
+        logger.warning("cached benchmark %s is not what was rendered (%s); rendering it again", out, problem)
+        stale = out.with_name(f"{out.name}.stale-{os.getpid()}")
+        try:
+            os.replace(out, stale)  # atomic: no reader sees a half-deleted folder
+        except FileNotFoundError:
+            pass  # another process moved it first
+        shutil.rmtree(stale, ignore_errors=True)
+    return export_benchmark(bench, out)
 
 
 def _register_shipped() -> None:

@@ -9,7 +9,6 @@ transformers CLIP folder (clip/) and the oracle (oracle/), with a manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from advprompts.errors import ConfigError
+from advprompts.fsio import sha256
 from advprompts.hardware import cpu_name
 from advprompts.rundir import atomic_write_text
 from advprompts.zoo.architectures import sample_scheduler
@@ -36,14 +36,6 @@ logger = logging.getLogger(__name__)
 
 #: CLIP BPE tokenizer files (what open_clip's bpe_simple_vocab_16e6.txt.gz builds), for offline rebuilds.
 COMMITTED_TOKENIZER = Path(__file__).parent / "clip_tokenizer"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_manifest(out: Path, recipe: ZooRecipe, extra: dict, keep_gates: bool = True) -> Path:
