@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import yaml
 from advprompts.data import FolderDataset, list_datasets
 from advprompts.errors import ConfigError
 from advprompts.world.benchmarks import COLUMNS, _draw, export_benchmark, list_benchmarks, load_benchmark
+from advprompts.world.render import random_scene, render
 
 
 def _groups(bench, split):
@@ -41,8 +43,8 @@ def test_waterbirds_synth_95_holds_each_class_at_5_percent_in_the_other_place():
             [_draw(base, split, i) for i in range(0, base.splits[split].size, 97)]
 
 
-def test_wildcam_synth_locations_times_and_targets():
-    b = load_benchmark("wildcam-synth")
+def test_wildcam_synth_easy_locations_times_and_targets():
+    b = load_benchmark("wildcam-synth-easy")
     train = [_draw(b, "train", i) for i in range(b.splits["train"].size)]
     assert {d["location"] for d in train} == set(range(10))
     labels = Counter(d["label_name"] for d in train)
@@ -52,6 +54,41 @@ def test_wildcam_synth_locations_times_and_targets():
     target = _groups(b, "target")
     assert set(target) == {"loc12-day", "loc12-night", "loc13-day", "loc13-night"}
     assert set(target.values()) == {64}
+
+
+def test_wildcam_synth_has_the_camera_trap_shift():
+    """The benchmark gate's fast form: the structure that makes unseen cameras hard (measured gates: the
+    report's "Benchmark gates" and docs/results.md)."""
+    b = load_benchmark("wildcam-synth")
+    train = [_draw(b, "train", i) for i in range(b.splits["train"].size)]
+    by_location = {loc: Counter(d["label_name"] for d in train if d["location"] == loc and d["label_name"] != "empty")
+                   for loc in range(10)}
+    main = {loc: {c for c, k in n.items() if k >= 0.2 * sum(n.values())} for loc, n in by_location.items()}
+    for loc, n in by_location.items():  # each camera dominated by its one or two species
+        assert len(main[loc]) <= 2 and sum(n[c] for c in main[loc]) >= 0.8 * sum(n.values()), (loc, n)
+    cameras = {species: sum(species in m for m in main.values()) for species in b.classes[1:]}
+    assert all(2 <= n <= 4 for n in cameras.values()) and cameras["elephant"] == 2, cameras  # some at few cameras
+    night = Counter(d["label_name"] for d in train if d["time"] == "night" and d["label_name"] != "empty")
+    assert {d["location"] for d in train if d["time"] == "night"} == {1, 7, 9}  # infrared at three cameras
+    assert sum(night[c] for c in ("cattle", "impala")) >= 0.85 * sum(night.values())
+    test = [_draw(b, "test", i) for i in range(b.splits["test"].size)]
+    assert {d["location"] for d in test} == {12, 13}
+    for loc, twin in ((12, 4), (13, 5)):  # an unseen camera looks like a training camera of other species
+        assert {d["place"] for d in test if d["location"] == loc} == {d["place"] for d in train if d["location"] == twin}
+        assert len(main[twin]) == 2 and len({d["label_name"] for d in test if d["location"] == loc}) == 7
+    animals = [d["scene"] for d in train if d["scene"].obj is not None]
+    occluded = sum(s.occlusion > 0 for s in animals) / len(animals)
+    assert 0.3 < occluded < 0.5 and min(s.x for s in animals) < 0.15 and max(s.x for s in animals) > 0.85
+    assert set(_groups(b, "target").values()) == {64}
+
+
+def test_camera_trap_framing_leaves_other_benchmarks_unchanged_and_hides_the_animal():
+    scene = random_scene(np.random.default_rng(3), "zebra", "savanna", location=2)
+    image, mask = render(scene)
+    hidden_image, hidden_mask = render(replace(scene, occlusion=0.6))
+    assert (hidden_mask > 0).sum() < 0.8 * (mask > 0).sum()  # the mask stays the visible animal
+    assert not np.array_equal(image, hidden_image)
+    assert np.array_equal(render(replace(scene, occlusion=0.0, crop=0.1))[0], image)
 
 
 def test_export_round_trips_through_the_folder_loader(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -188,8 +189,22 @@ def test_budget_table_pivots_mean_and_std_over_seeds():
     assert lines[4] == "| gap |  | 45.0 ± 7.1 / 85.0 | 60.0 ± 0.0 / 70.0 |"
 
 
+def test_headroom_pairs_real_ood_with_no_extra_per_seed():
+    from advprompts.experiments.report import headroom_lines
+
+    rows = [{"method": m, "n_extra": n, "seed": s, "worst_group_acc": w, "avg_acc": a}
+            for m, n, s, w, a in [("no_extra", 0, 0, 0.10, 0.50), ("no_extra", 0, 1, 0.20, 0.60),
+                                  ("real_ood", 64, 0, 0.80, 0.90), ("real_ood", 64, 1, 0.70, 0.80),
+                                  ("real_ood", 16, 0, 0.5, 0.7), ("gap", 64, 0, 0.3, 0.6)]]
+    lines = headroom_lines(rows)
+    assert lines[6] == "| average accuracy | 55.0 ± 7.1 | 85.0 ± 7.1 | 30.0 ± 14.1 |"  # gains 40 and 20
+    assert lines[7] == "| worst-group accuracy | 15.0 ± 7.1 | 75.0 ± 7.1 | |"
+    assert headroom_lines([r for r in rows if r["method"] != "real_ood"]) == []
+
+
 def test_presets_validate():
-    for name in ("waterbirds-synth", "waterbirds-synth-95", "demo", "demo-quick", "wildcam-synth", "waterbirds-sd15"):
+    for name in ("waterbirds-synth", "waterbirds-synth-95", "demo", "demo-quick", "wildcam-synth", "wildcam-synth-easy",
+                 "waterbirds-sd15"):
         cfg = load_experiment_config(name)
         assert cfg.methods and cfg.max_extra > 0
         if cfg.benchmark.startswith("waterbirds-synth"):  # the embedded generator knows the species, not the class names
@@ -237,6 +252,15 @@ def test_fine_tuning_learns_from_extra_data():
     assert after.avg_acc > 0.9
 
 
+def test_macro_f1_averages_the_classes_present_in_the_labels():
+    from advprompts.tasks.train import macro_f1
+
+    labels, predicted = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0])
+    # class 0: P 1/2, R 1/2 -> 0.5; class 1: P 2/3, R 1 -> 0.8; class 2: never right -> 0; class 3 absent
+    assert macro_f1(predicted, labels) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert macro_f1(labels, labels) == 1.0
+
+
 def test_backbone_loads_everything_but_the_head(tmp_path):
     from safetensors.torch import save_file
 
@@ -268,7 +292,7 @@ def test_waterbirds_sd15_experiment_runs_on_the_release_layout(tmp_path, monkeyp
     rows = ExperimentRunner(cfg, tmp_path / "exp", components=tiny, progress=False).run()
     assert {r["method"] for r in rows} == {"no_extra", "gap", "real_ood"}
     assert all(k.startswith("acc_") for k in rows[0] if k not in
-               ("benchmark", "method", "n_extra", "seed", "avg_acc", "worst_group_acc", "seconds"))
+               ("benchmark", "method", "n_extra", "seed", "avg_acc", "worst_group_acc", "macro_f1", "seconds"))
     assert (tmp_path / "exp" / "prompts" / "gap-s0" / "prompt_c1-s0.safetensors").is_file()
 
 

@@ -35,7 +35,7 @@ from advprompts.rundir import atomic_write_text, prepare_run_dir
 from advprompts.tasks.train import Tensors, evaluate, load_tensors, save_task_weights, train_classifier
 
 logger = logging.getLogger(__name__)
-BASE_COLUMNS = ["benchmark", "method", "n_extra", "seed", "avg_acc", "worst_group_acc"]
+BASE_COLUMNS = ["benchmark", "method", "n_extra", "seed", "avg_acc", "worst_group_acc", "macro_f1"]
 POOL_COLUMNS = ["pool_faithfulness", "pool_missing_groups", "pool_target_places", "pool_night"]
 
 
@@ -329,8 +329,10 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (method, n), rs in cells.items():
         wg = np.array([float(r["worst_group_acc"]) for r in rs])
         avg = np.array([float(r["avg_acc"]) for r in rs])
+        f1 = np.array([float(r.get("macro_f1") or "nan") for r in rs])  # nan: a cell from before the metric
         out.append({"method": method, "n_extra": n, "seeds": len(rs), "worst_group_mean": wg.mean(),
-                    "worst_group_std": _sample_std(wg), "avg_mean": avg.mean(), "avg_std": _sample_std(avg)})
+                    "worst_group_std": _sample_std(wg), "avg_mean": avg.mean(), "avg_std": _sample_std(avg),
+                    "macro_f1_mean": f1.mean(), "macro_f1_std": _sample_std(f1)})
     return out
 
 

@@ -198,9 +198,11 @@ class Evaluation:
     worst_group_acc: float
     group_acc: dict[str, float]
     n: int
+    macro_f1: float = float("nan")  # mean F1 over the classes present (WILDS' iWildCam metric)
 
     def row(self) -> dict:
         return {"avg_acc": round(self.avg_acc, 4), "worst_group_acc": round(self.worst_group_acc, 4),
+                "macro_f1": round(self.macro_f1, 4),
                 **{f"acc_{g}": round(a, 4) for g, a in sorted(self.group_acc.items())}}
 
 
@@ -213,10 +215,24 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> t
 
 def evaluate(model: torch.nn.Module, data: Tensors) -> Evaluation:
     """Average accuracy, per-group accuracy and worst-group accuracy (groups from ``data.groups``)."""
-    correct = (predict(model, data.images) == data.labels).numpy()
+    predicted, labels = predict(model, data.images).numpy(), data.labels.numpy()
+    correct = predicted == labels
     groups = np.array(data.groups or [""] * len(data))
     group_acc = {str(gname): float(correct[groups == gname].mean()) for gname in sorted(set(groups))}
-    return Evaluation(float(correct.mean()), min(group_acc.values()), group_acc, len(data))
+    return Evaluation(float(correct.mean()), min(group_acc.values()), group_acc, len(data),
+                      macro_f1(predicted, labels))
+
+
+def macro_f1(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """F1 averaged over the classes that occur in ``labels`` (as WILDS computes it for iWildCam: a class
+    never predicted scores 0, a class absent from the labels is not counted)."""
+    scores = []
+    for c in np.unique(labels):
+        tp = float(np.sum((predicted == c) & (labels == c)))
+        precision = tp / max(1, int(np.sum(predicted == c)))
+        recall = tp / int(np.sum(labels == c))
+        scores.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    return float(np.mean(scores))
 
 
 def save_task_weights(model: torch.nn.Module, path: str | Path) -> Path:

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +27,7 @@ from advprompts.fsio import check_writable, manifest_problem, write_manifest
 from advprompts.world.captions import caption
 from advprompts.world.objects import OBJECTS
 from advprompts.world.places import LAND_PLACES, PLACES, WATER_PLACES
-from advprompts.world.render import camera_location, random_scene, render
+from advprompts.world.render import Scene, camera_location, random_scene, render
 
 BENCHMARK_DIR = Path(__file__).parent / "benchmarks"
 COLUMNS = ["file_name", "label", "label_name", "group", "place", "location", "time", "split", "mask_file", "caption"]
@@ -54,6 +55,16 @@ class Split(_Strict):
     balanced: bool = False  # True: image i comes from cell i mod len(cells), so groups are exactly equal
 
 
+class CameraTrap(_Strict):
+    """Camera-trap framing: animals low in the grass and cut by the frame's edge (drawn from a generator of
+    their own, so benchmarks without it render as before)."""
+
+    p_occluded: float = Field(0.0, ge=0, le=1)  # share of images with grass in front of the animal
+    occlusion: tuple[float, float] = (0.3, 0.6)  # how much of the animal's height the grass covers
+    crop: float = Field(0.1, ge=0, lt=1)  # at most this share of the animal's width leaves the frame
+    x: tuple[float, float] = (0.3, 0.7)  # the animal's centre, fraction of the width
+
+
 class Benchmark(_Strict):
     name: str
     description: str = ""
@@ -61,6 +72,7 @@ class Benchmark(_Strict):
     class_objects: dict[str, list[str | None]]  # class -> world objects (None: an empty scene)
     class_weights: dict[str, float] = {}  # imbalance when a cell draws from several classes
     group: str = "{class}-{place_type}"  # keys: class, place, place_type, location, time
+    camera_trap: CameraTrap | None = None
     splits: dict[str, Split]
     target_split: str | None = None  # unlabelled target images for image guidance
     target_descriptions: list[str] = []
@@ -119,10 +131,18 @@ def _draw(bench: Benchmark, split: str, index: int) -> dict:
         place = str(rng.choice(places))
     time = str(rng.choice(cell.times))
     scene = random_scene(rng, obj, place, time, location)
+    if bench.camera_trap is not None:
+        scene = _frame(scene, bench.camera_trap, np.random.default_rng([scene.seed, 29]))
     keys = {"class": cls, "place": place, "place_type": "water" if PLACES[place].water else "land",
             "location": "" if location is None else location, "time": time}
     return {"scene": scene, "label": bench.classes.index(cls), "label_name": cls,
             "group": bench.group.format(**keys), "caption": caption(scene, rng).text, **keys}
+
+
+def _frame(scene: Scene, trap: CameraTrap, rng: np.random.Generator) -> Scene:
+    occluded = rng.random() < trap.p_occluded
+    return replace(scene, x=float(rng.uniform(*trap.x)), crop=trap.crop,
+                   occlusion=float(rng.uniform(*trap.occlusion)) if occluded else 0.0)
 
 
 def export_benchmark(bench: Benchmark, out: Path, splits: list[str] | None = None) -> Path:

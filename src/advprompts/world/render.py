@@ -31,6 +31,9 @@ class Scene:
     flip: bool = False
     distractors: int = 0
     seed: int = 0
+    occlusion: float = 0.0  # foreground vegetation over the object's lower part, fraction of its height
+    crop: float = 0.1  # the largest fraction of the object's width that may leave the frame
+
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +81,25 @@ def _draw_distractors(d, size, rng, n, band):
         d.ellipse([x - r, y - r * 0.6, x + r, y + r * 0.6], fill=col)
 
 
+def _draw_vegetation(img: Image.Image, mask: Image.Image, box, seed: int) -> Image.Image:
+    """Grass blades in front of the object's lower part (camera traps sit low, in the grass): painted over
+    the image and cut out of the mask, which stays the visible object. Its own generator, so scenes without
+    vegetation render exactly as before."""
+    rng = np.random.default_rng([seed, 17])
+    x0, top, x1, bottom = box
+    d, m = ImageDraw.Draw(img), ImageDraw.Draw(mask)
+    base = np.array(rng.choice([(70, 110, 45), (120, 120, 60), (90, 80, 50)]), float)
+    width = x1 - x0
+    for _ in range(int(12 + 24 * (bottom - top) / max(1.0, width))):
+        x = rng.uniform(x0 - 0.1 * width, x1 + 0.1 * width)
+        tip = (x + rng.uniform(-0.08, 0.08) * width, rng.uniform(top, top + 0.5 * (bottom - top)))
+        half = rng.uniform(0.015, 0.04) * width + 1
+        blade = [(x - half, bottom + 2), tip, (x + half, bottom + 2)]
+        d.polygon(blade, fill=tuple(int(c) for c in np.clip(base + rng.normal(0, 12, 3), 0, 255)))
+        m.polygon(blade, fill=0)
+    return img
+
+
 def to_night(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Infrared camera-trap look: grey, dark, grainy, vignetted."""
     size = arr.shape[0]
@@ -115,12 +137,14 @@ def render(scene: Scene, resolution: int = 64) -> tuple[np.ndarray, np.ndarray]:
         h = w * spec.aspect
         ground = band[0] + scene.y * (band[1] - band[0])
         cx = scene.x * size
-        x0 = float(np.clip(cx - w / 2, -0.1 * w, size - 0.9 * w))
+        x0 = float(np.clip(cx - w / 2, -scene.crop * w, size - (1 - scene.crop) * w))
         y0 = float(np.clip(ground - h, 0.02 * size, size - h))
         background = np.asarray(img).copy()
         spec.draw(Painter(d, ImageDraw.Draw(mask), (x0, y0, w, h), scene.flip, rng))
         # Pattern strokes (stripes, spots) are not masked: clip everything to the object's silhouette.
         img = Image.fromarray(np.where(np.asarray(mask)[..., None] > 0, np.asarray(img), background))
+        if scene.occlusion > 0:
+            img = _draw_vegetation(img, mask, (x0, y0 + h * (1 - scene.occlusion), x0 + w, y0 + h), scene.seed)
     arr = np.asarray(img, dtype=float)
     if scene.obj is not None:  # fine texture on the object
         m = np.asarray(mask, dtype=float)[..., None] / 255
