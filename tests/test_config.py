@@ -32,6 +32,7 @@ def test_overrides_are_yaml_and_nested():
     ("optim.steps=1.5", "invalid value for 'optim.steps'"),
     ("prompt.template=no-placeholder", "prompt.template"),
     ("sampler.conditioning=controlnet", "needs model.controlnet"),
+    ("sampler.strength=0.1", "sampler: strength=0.1 with num_steps=2 leaves no denoising step"),
     ("losses.3.weight=1", "not an index"),
     ("novalue", "malformed"),
 ])

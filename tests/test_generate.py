@@ -14,9 +14,10 @@ from PIL import Image
 from advprompts.config.schema import GenerateConfig
 from advprompts.data import FolderDataset
 from advprompts.errors import OutputExistsError, ShardError
-from advprompts.generate import generate_dataset, generate_text2img, parse_shard
+from advprompts.generate import generate_dataset, generate_text2img
 from advprompts.models.tiny import save_tiny_pipeline
 from advprompts.prompts import LearnablePrompt
+from advprompts.shards import parse_shard
 
 
 def _rows(path):

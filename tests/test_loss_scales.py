@@ -156,7 +156,7 @@ def test_logit_margin_keeps_its_gradient_as_the_model_is_fooled_and_stops_past_k
 
 
 def test_per_term_gradients_add_up_to_the_joint_gradient(tiny):
-    from advprompts.optimize import _backward_per_term
+    from advprompts.optim.loop import _backward_per_term
 
     prompt = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=2, prefix="g")
     losses = LossSet([WeightedTerm(_text(tiny, descriptions=["snow"]), 3.0),
@@ -223,7 +223,7 @@ def test_adversary_target_mode_guides_each_prompt_to_the_descriptions_the_model_
 
 def test_optimize_ranks_the_targets_before_training_and_records_them(tiny, tmp_path):
     from advprompts.config.presets import load_config
-    from advprompts.optimize import optimize
+    from advprompts.optim.loop import optimize
 
     config = load_config("tiny-gap", ["optim.steps=1", "log.tensorboard=false", "prompt.seeds=[0, 1]",
                                       "losses=[{name: opposite_ce}, {name: text_l2, params: {descriptions: [snow, sand, "

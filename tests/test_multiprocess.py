@@ -18,7 +18,7 @@ from advprompts.cli.app import app
 from advprompts.config.presets import load_config
 from advprompts.errors import ConfigError
 from advprompts.generate import _Rows, resolve_shard
-from advprompts.optimize import optimize
+from advprompts.optim.loop import optimize
 from advprompts.tasks.models import load_task_model
 
 OPTIMIZE = ["optimize", "--config", "tiny-ap", "--set", "optim.steps=2", "--set", "prompt.seeds=[0,1,2]",

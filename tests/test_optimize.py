@@ -14,9 +14,10 @@ from advprompts.config.presets import load_config
 from advprompts.data import collate, resolve_dataset
 from advprompts.errors import NaNLossError, OutputExistsError
 from advprompts.losses import LossInputs, LossTerm, register_loss
-from advprompts.optimize import _sampler_kwargs, optimize
+from advprompts.optim.loop import optimize
 from advprompts.prompts import LearnablePrompt
 from advprompts.sampler import Sampler
+from advprompts.sampler_inputs import sampler_kwargs
 from advprompts.tasks.models import load_task_model
 
 
@@ -69,7 +70,7 @@ def _eval_loss(config, comps, task, embeddings):
     batch = collate([ds[i] for i in range(8)])
     names = [ds.class_names[y] for y in batch["label"].tolist()]
     out = Sampler(comps)([prompt.text(n) for n in names], generator=torch.Generator().manual_seed(123), grad=False,
-                         **_sampler_kwargs(config, batch, torch.device("cpu")))
+                         **sampler_kwargs(config, batch, torch.device("cpu")))
     return torch.nn.functional.cross_entropy(task(out.images), 1 - batch["label"]).item()
 
 

@@ -19,7 +19,7 @@ from advprompts.errors import ConfigError, ModelLoadError
 from advprompts.generate import generate_dataset
 from advprompts.models.loading import load_clip, load_components
 from advprompts.models.tiny import save_tiny_pipeline, tiny_clip, tiny_controlnet, tiny_tokenizer
-from advprompts.optimize import optimize
+from advprompts.optim.loop import optimize
 from advprompts.tasks.models import load_task_model
 from test_real_data import make_iwildcam, make_waterbirds
 

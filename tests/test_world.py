@@ -78,10 +78,25 @@ def test_captions_vary_and_say_what_they_mention():
 
 
 def test_public_api_resolves_lazily():
+    """Each exported name is the function or class it names, the same object before and after its
+    module is imported (an export sharing a submodule's name would turn into that module)."""
+    import importlib
+    import inspect
+    import pkgutil
+
     import advprompts
 
+    submodules = {m.name for m in pkgutil.iter_modules(advprompts.__path__)}
     for name in advprompts.__all__:
-        assert getattr(advprompts, name) is not None, name
+        assert name not in submodules, f"advprompts.{name} is both an export and a submodule"
+        obj = getattr(advprompts, name)
+        assert (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__name__ == name, (name, obj)
+        importlib.import_module(obj.__module__)
+        assert getattr(advprompts, name) is obj, name
+    from advprompts import optimize
+    from advprompts.optim.loop import optimize as loop_optimize
+
+    assert optimize is loop_optimize
 
 
 def test_kind_captions_match_every_object_of_that_kind():

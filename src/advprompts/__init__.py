@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import importlib
 
+from advprompts.registry import add_plugin as _add_plugin
+
 __version__ = "0.1.0"
+
+# The lab (embedded world, model zoo, experiments) sits above the core library, which never imports
+# it: these modules add the lab's names (shipped benchmarks, embedded models, experiment presets) to
+# the core's registries, imported by the first lookup that misses (advprompts.registry).
+for _plugin in ("advprompts.world.plugin", "advprompts.zoo.plugin", "advprompts.experiments.plugin"):
+    _add_plugin(_plugin)
 
 # Public API, imported lazily so that `import advprompts` (and the CLI's --help) stays fast.
 _EXPORTS = {
@@ -21,7 +29,7 @@ _EXPORTS = {
     "load_clip": "advprompts.models.loading",
     "LearnablePrompt": "advprompts.prompts",
     "Sampler": "advprompts.sampler",
-    "optimize": "advprompts.optimize",
+    "optimize": "advprompts.optim.loop",
     "generate_dataset": "advprompts.generate",
     "generate_text2img": "advprompts.generate",
     "list_losses": "advprompts.losses",

@@ -80,7 +80,9 @@ def save_checkpoint(folder: Path, key: str, step: int, embeddings: torch.Tensor,
     tensors_path, meta_path = checkpoint_paths(folder, key)
     tensors = {"embeddings": embeddings.detach().cpu().clone().contiguous(), "rng.torch": torch.get_rng_state()}
     optimizer = _encode(opt.state_dict(), tensors, "optimizer")
-    data = save_safetensors(tensors, metadata={"format": FORMAT, "key": key, "step": str(step)})
+    # One metadata entry: safetensors writes them in hash-map order, which differs from process to process
+    # (the same checkpoint would get other bytes); the key and step are in the JSON half.
+    data = save_safetensors(tensors, metadata={"format": FORMAT})
     atomic_write_bytes(tensors_path, data)
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, state, gauss_next = random.getstate()

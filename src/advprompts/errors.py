@@ -10,6 +10,7 @@ with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 
 
@@ -91,14 +92,30 @@ class NaNLossError(AdvPromptsError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class MissingExtraError(AdvPromptsError):
+    """A feature needs an optional dependency that is not installed; the message names the extra."""
+
+
+def require_extra(module: str, extra: str, feature: str, otherwise: str = ""):
+    """Import ``module``, an optional dependency of ``feature``, or raise :class:`MissingExtraError`
+    naming ``pip install 'advprompts[extra]'`` (and ``otherwise``, a way to do without it)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"{feature} needs {module}, which is not installed: pip install "
+                                f"'advprompts[{extra}]'{f', or {otherwise}' if otherwise else ''}") from None
+
+
 __all__ = [
     "AdvPromptsError",
     "ConfigError",
     "DataError",
     "FileSystemError",
+    "MissingExtraError",
     "ModelLoadError",
     "NaNLossError",
     "OutputExistsError",
     "OutputLockedError",
     "ShardError",
+    "require_extra",
 ]

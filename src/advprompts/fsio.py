@@ -4,6 +4,8 @@
   reader sees the old file or the new one, never half of one. When the write fails (disk full,
   read-only file system, permission denied, ...) the temp file is removed and the error becomes a
   :class:`~advprompts.errors.FileSystemError` naming the target path and what to do.
+* :func:`remove_stale_temp_files` deletes the temp files of writers that died (SIGKILL mid-write); a
+  run folder's new writer calls it.
 * :func:`check_writable` fails before any work when the OS would refuse to create an output folder.
 * :func:`read_json` reads a cached result (a file written last, whose presence marks work done) and
   returns None, with a warning, for a file that is torn or not what the cache writes: the caller
@@ -14,11 +16,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 from advprompts.errors import FileSystemError
@@ -57,6 +61,34 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def temp_file_pid(path: str | Path) -> int | None:
+    """The writer's pid when ``path`` is one of :func:`atomic_write_bytes`' temp files, else None."""
+    match = re.fullmatch(r"\..+\.(\d+)\.tmp", Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def remove_stale_temp_files(folder: str | Path) -> None:
+    """Delete the temp files under ``folder`` whose writer is dead: a process killed mid-write leaves its
+    temp file behind, and its rerun writes under another pid."""
+    for root, _, names in os.walk(folder):
+        for name in names:
+            pid = temp_file_pid(name)
+            if pid is not None and not pid_alive(pid):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(root, name))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, another user's
+        return True
+    return True
 
 
 def check_writable(out: str | Path) -> None:

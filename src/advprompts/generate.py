@@ -28,7 +28,7 @@ from PIL import Image
 
 from advprompts.config.schema import GenerateConfig
 from advprompts.rundir import atomic_write_bytes, atomic_write_text, prepare_run_dir, releases_run_dir
-from advprompts.shards import launch_device, launch_state, open_run, parse_shard, resolve_shard  # noqa: F401
+from advprompts.shards import launch_device, launch_state, open_run, resolve_shard
 
 logger = logging.getLogger(__name__)
 
@@ -226,8 +226,8 @@ def generate_dataset(config: GenerateConfig, out: str | Path, *, shard: str | tu
     """
     from advprompts.data import collate, resolve_dataset
     from advprompts.models.loading import load_components
-    from advprompts.optimize import AUTOCAST, _sampler_kwargs
     from advprompts.sampler import Sampler
+    from advprompts.sampler_inputs import AUTOCAST, sampler_kwargs
 
     # 1. Inputs and folder (shards and processes of one run share it; the same run continues).
     state = launch_state()
@@ -297,7 +297,7 @@ def generate_dataset(config: GenerateConfig, out: str | Path, *, shard: str | tu
                     shown.append(prompt.diffusers_text(name))
             seeds = [image_seed(config.seed, k) for k in ks]
             gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-            kwargs = _sampler_kwargs(config, batch, device)
+            kwargs = sampler_kwargs(config, batch, device)
             images = sampler(texts, generator=gens, grad=False, **kwargs).images
             new_rows = [{"file_name": f"images/{k:05d}.png", "label": item["label"],
                          "label_name": item.get("label_name", ""), "source_file": item["file_name"], "prompt": text,

@@ -29,6 +29,7 @@ import yaml
 
 from advprompts.errors import OutputExistsError, OutputLockedError
 from advprompts.fsio import atomic_write_bytes, atomic_write_text, check_writable  # noqa: F401  (writers import them here)
+from advprompts.fsio import pid_alive, remove_stale_temp_files, temp_file_pid
 
 try:
     import fcntl
@@ -80,16 +81,6 @@ def _same_file(fd: int, path: str) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: alive, another user's
-        return True
-    return True
-
-
 def _read_pid(path: str | Path) -> int | None:
     try:
         text = Path(path).read_text().strip()
@@ -103,7 +94,7 @@ def _locked(out: Path, path: str, shard: tuple[int, int] | None) -> OutputLocked
     candidates = [_read_pid(path)]
     if os.path.basename(path) == LOCK_NAME:  # shards hold it shared; their pids are in their part locks
         candidates += [_read_pid(p) for p in sorted(Path(path).parent.glob(".advprompts.shard-*.lock"))]
-    pids = sorted({p for p in candidates if p is not None and p != os.getpid() and _alive(p)})
+    pids = sorted({p for p in candidates if p is not None and p != os.getpid() and pid_alive(p)})
     who = (f"pid {pids[0]}" if len(pids) == 1 else f"pids {', '.join(map(str, pids))}") if pids else "pid unknown"
     what = "" if os.path.basename(path) == LOCK_NAME else f"shard {shard[0]}/{shard[1]} of "
     return OutputLockedError(f"{what}output folder {str(out)!r} is being written by another process ({who}); "
@@ -308,7 +299,9 @@ def prepare_run_dir(out: str | Path, config: dict, config_name: str, *, resume: 
         raise OutputExistsError(f"output {str(out)!r} is a file; pass a folder path")
     if out.is_dir():  # another writer fails us first (existing lock files only: nothing is created)
         lock_run_dir(out, shard, create=False, keep=create)
-    if out.is_dir() and any(not is_lock_file(p) for p in out.iterdir()):
+    # A killed writer's temp files are not content: a folder holding only those (say a run killed while
+    # writing its config) is continued as empty, and they are deleted once this process holds the folder.
+    if out.is_dir() and any(not is_lock_file(p) and temp_file_pid(p) is None for p in out.iterdir()):
         if not stored_path.is_file():
             raise OutputExistsError(f"output folder {str(out)!r} is not empty and holds no advprompts run; "
                                     "pick an empty or new folder")
@@ -329,8 +322,10 @@ def prepare_run_dir(out: str | Path, config: dict, config_name: str, *, resume: 
                                         "continue it or --overwrite to start again")
             if create:
                 lock_run_dir(out, shard)  # a run written before locks existed gets its lock file now
+                remove_stale_temp_files(out)
             return True
     if create:
         out.mkdir(parents=True, exist_ok=True)
         lock_run_dir(out, shard)
+        remove_stale_temp_files(out)
     return False

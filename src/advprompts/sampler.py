@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from advprompts.config.schema import LatentMask
 from advprompts.errors import ConfigError
-from advprompts.models.loading import Components
+from advprompts.models.components import Components
 from advprompts.prompts import encode_text
 
 logger = logging.getLogger(__name__)

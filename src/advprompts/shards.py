@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from advprompts.device import resolve_device
 from advprompts.errors import ShardError
 from advprompts.rundir import prepare_run_dir
 
@@ -56,8 +57,6 @@ def resolve_shard(shard: str | tuple[int, int] | None, state=None) -> tuple[int,
 
 def launch_device(spec: str, state) -> torch.device:
     """``spec`` as ``resolve_device``; ``auto`` under a launcher is this process's ``cuda:<local rank>``."""
-    from advprompts.optimize import resolve_device
-
     if state is None or spec != "auto":
         return resolve_device(spec)
     return torch.device("cpu") if state.device.type == "cpu" else state.device

@@ -17,6 +17,11 @@ from advprompts.errors import AdvPromptsError, FileSystemError
 _STATE = {"debug": False}
 
 
+def set_debug(debug: bool) -> None:
+    """``--debug``: let errors raise with their traceback instead of one line."""
+    _STATE["debug"] = debug
+
+
 def handle_errors(fn):
     """Turn an AdvPromptsError (or a mapped OSError) into one line on stderr and exit status 2."""
 

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from advprompts.cli._errors import _STATE, handle_errors
+from advprompts.cli._errors import handle_errors, set_debug
 
 
 #: (command name, module defining ``main``); extended by the lead (data, zoo, demo, experiment).
@@ -46,7 +46,7 @@ def build_app(commands: list[tuple[str, str]] | None = None) -> typer.Typer:
               verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress (INFO)."),
               version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                            help="Print the version and exit.")):
-        _STATE["debug"] = debug
+        set_debug(debug)
         logging.basicConfig(level=logging.INFO if verbose or debug else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
 

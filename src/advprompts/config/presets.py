@@ -5,12 +5,15 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from advprompts.config.schema import RunConfig, parse_config
 from advprompts.errors import ConfigError
+from advprompts.fsio import atomic_write_text
+from advprompts.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +55,25 @@ def describe(path: Path) -> str:
     return first + " ..." if continued else first
 
 
-#: Kinds of shipped presets: (key, heading, command that takes them).
-PRESET_KINDS = (("optimize", "optimisation presets", "advprompts optimize --config NAME"),
-                ("experiment", "experiment presets", "advprompts experiment --config NAME"))
+@dataclass(frozen=True)
+class PresetKind:
+    """A kind of shipped preset: its heading, the command that takes it and its folder of ``*.yaml``."""
+
+    heading: str
+    usage: str
+    folder: Path
+
+
+#: Kinds of shipped presets by key, in listing order: ``optimize`` (one method's prompts, a RunConfig)
+#: here; the experiments add ``experiment`` (methods x budgets x seeds, the closed loop) as a plugin.
+PRESET_KINDS = Registry("preset kind")
+PRESET_KINDS.add("optimize", PresetKind("optimisation presets", "advprompts optimize --config NAME", PRESET_DIR))
 
 
 def presets_by_kind() -> dict[str, dict[str, Path]]:
-    """Every shipped preset, name -> file, per kind: ``optimize`` (one method's prompts, a RunConfig)
-    and ``experiment`` (methods x budgets x seeds, the closed loop)."""
-    from advprompts.experiments.config import PRESET_DIR as EXPERIMENT_DIR  # it imports this module
-
-    return {"optimize": _preset_files(), "experiment": {f.stem: f for f in sorted(EXPERIMENT_DIR.glob("*.yaml"))}}
+    """Every shipped preset, name -> file, per kind (the keys of :data:`PRESET_KINDS`)."""
+    return {key: _preset_files() if key == "optimize" else {f.stem: f for f in sorted(kind.folder.glob("*.yaml"))}
+            for key, kind in PRESET_KINDS.complete().items()}
 
 
 def read_yaml(spec: str | Path) -> dict:
@@ -145,6 +156,4 @@ def dump_config(config, path: str | Path, extra: dict | None = None) -> None:
     meta = {"versions": versions(), **(extra or {})}
     text += "# provenance (ignored when the file is loaded as a config)\n"
     text += "".join(f"# {line}\n" for line in yaml.safe_dump(meta, sort_keys=False).splitlines())
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)  # its temp file is recognised as one: a run killed here resumes

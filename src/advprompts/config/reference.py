@@ -24,6 +24,8 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from advprompts.registry import Registry
+
 DEFAULT_OUT = Path("docs/config-reference.md")
 _FIELD = re.compile(r"^    (\w+)\s*:")
 
@@ -151,10 +153,15 @@ def _nested(roots: list[type]) -> list[type]:
     return seen
 
 
+#: Configs the page documents after the core's, name -> (class, what reads it); the experiments add theirs.
+DOCUMENTED = Registry("documented config")
+
+
 def render() -> str:
     """The whole page, as ``docs/config-reference.md`` holds it."""
     from advprompts.config.schema import GenerateConfig, RunConfig
-    from advprompts.experiments.config import ExperimentConfig
+
+    more = DOCUMENTED.complete()
 
     parts = [
         "# Configuration reference",
@@ -167,12 +174,12 @@ def render() -> str:
         "- [`RunConfig`](#runconfig): `advprompts optimize --config` (presets: `advprompts presets`).",
         "- [`GenerateConfig`](#generateconfig): what `advprompts generate --source` builds from its flags "
         "(`generate_dataset` in Python).",
-        "- [`ExperimentConfig`](#experimentconfig): `advprompts experiment|demo|loop --config`.",
+        *(f"- [`{name}`](#{name.lower()}): {usage}" for name, (_, usage) in more.items()),
         "",
         "Loss terms and their `params`: [engine.md](engine.md#config-runconfig-yaml).",
         "",
     ]
-    for cls in _nested([RunConfig, GenerateConfig, ExperimentConfig]):
+    for cls in _nested([RunConfig, GenerateConfig, *(cls for cls, _ in more.values())]):
         parts += _section(cls)
     return "\n".join(parts).rstrip() + "\n"
 
@@ -194,4 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: the plugins register with the former.
+    from advprompts.config.reference import main as imported_main
+
+    sys.exit(imported_main())

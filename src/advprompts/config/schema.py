@@ -42,6 +42,15 @@ class SamplerConfig(_Strict):
     image_size: int | None = Field(None, ge=8)     # source size (default: UNet sample size x VAE factor)
     gradient_checkpointing: bool = True            # recompute each denoising step in backward (less memory)
 
+    @model_validator(mode="after")
+    def _some_step(self) -> "SamplerConfig":
+        # SDEdit denoises int(num_steps * strength) steps: refused here, before a command writes anything
+        # (the sampler's own check comes after the run folder exists, which then blocks the corrected rerun).
+        if int(self.num_steps * self.strength) < 1:
+            raise ValueError(f"strength={self.strength} with num_steps={self.num_steps} leaves no denoising step; "
+                             "raise either")
+        return self
+
 
 class PromptConfig(_Strict):
     num_tokens: int = Field(5, ge=1)     # placeholder tokens (learned embedding rows) per prompt
@@ -107,7 +116,7 @@ class LogConfig(_Strict):
     # terms read the images). 0 = never.
     grad_norm_every: int = Field(1, ge=0)
     checkpoint_every: int = Field(100, ge=1)   # steps between resumable checkpoints
-    tensorboard: bool = True                   # write tensorboard/ in the run folder
+    tensorboard: bool = True                   # write tensorboard/ in the run folder (needs the tensorboard extra)
     progress: bool = True                      # show a progress bar
 
 
@@ -168,6 +177,8 @@ def format_validation_error(exc: ValidationError, what: str = "config") -> str:
     if err["type"] == "missing":
         return f"{what}: missing required key {key!r}"
     value = err.get("input")
+    if err["type"] == "value_error" and isinstance(value, dict):  # a validator of a whole section: its own words
+        return f"{what}: {'' if key == '(root)' else key + ': '}{err['msg'].removeprefix('Value error, ')}"
     shown = repr(value) if not isinstance(value, dict) else "{...}"
     return f"{what}: invalid value for {key!r} ({shown[:60]}): {err['msg']}"
 

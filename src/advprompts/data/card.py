@@ -21,8 +21,9 @@ INT_COLUMNS = ("seed", "index")
 
 
 def class_label_names(rows: list[dict], class_names: dict | None = None) -> list[str] | None:
-    """Names for labels 0..max (from ``class_names``, else the rows' label_name, else the number),
-    or None when a label is not a non-negative integer (then ``label`` stays an integer column)."""
+    """Names for labels 0..max of the rows and of ``class_names`` (from ``class_names``, else the rows'
+    label_name, else the number), or None when a label is not a non-negative integer (then ``label``
+    stays an integer column)."""
     try:
         labels = {int(r["label"]) for r in rows}
     except (KeyError, TypeError, ValueError):
@@ -32,7 +33,9 @@ def class_label_names(rows: list[dict], class_names: dict | None = None) -> list
     names = {int(k): str(v) for k, v in (class_names or {}).items() if str(k).lstrip("-").isdigit()}
     for r in rows:
         names.setdefault(int(r["label"]), r.get("label_name") or "")
-    return [names.get(i) or str(i) for i in range(max(labels) + 1)]
+    # Every class the source names, also one no row holds (a shard of one class): the ClassLabel then
+    # matches the source's classes and the classifier's outputs.
+    return [names.get(i) or str(i) for i in range(max(labels | set(names)) + 1)]
 
 
 def features_yaml(columns: list[str], label_names: list[str] | None) -> list[dict]:

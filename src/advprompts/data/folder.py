@@ -19,7 +19,7 @@ import csv
 import inspect
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from PIL import Image
 
 from advprompts.data.files import escapes, image_problem, read_mask, read_rgb
 from advprompts.errors import DataError
+from advprompts.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ REQUIRED = ("file_name", "label")
 OPTIONAL = ("label_name", "group", "place", "location", "time", "split", "mask_file", "depth_file", "caption")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
-_DATASETS: dict[str, Callable[..., Any]] = {}
+_DATASETS = Registry("dataset")  # name -> factory(split=None, image_size=None, ...)
 _WHY = {"missing": "is missing; {fix}", "corrupt": "is corrupt or unreadable; replace or remove it",
         "nonfinite": "has NaN or infinite pixels; replace it"}
 _PATHS = (("file_name", "image"), ("mask_file", "mask"), ("depth_file", "depth file"))
@@ -43,18 +44,12 @@ _PATHS = (("file_name", "image"), ("mask_file", "mask"), ("depth_file", "depth f
 
 def register_dataset(name: str):
     """Decorator registering a factory ``f(split=None, image_size=None) -> dataset`` under ``name``."""
-
-    def wrap(factory):
-        if name in _DATASETS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _DATASETS[name] = factory
-        return factory
-
-    return wrap
+    return _DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
+    """Every registered name: the core's loaders and the plugins' (the embedded world's benchmarks)."""
+    return _DATASETS.names()
 
 
 def row_problems(root: Path, row: dict, where: str = "", decode: bool = False) -> list[str]:
@@ -244,7 +239,7 @@ def resolve_dataset(spec: str, split: str | None = None, image_size: int | None 
     Raises:
         DataError: when ``spec`` is neither a registered name nor a dataset folder.
     """
-    if spec in _DATASETS:
+    if _DATASETS.find(spec) is not None:  # a miss loads the plugins' names first
         return _open(spec, split, image_size, None, {})
     name, name_split, root, options = parse_spec(spec)
     if name in _DATASETS:

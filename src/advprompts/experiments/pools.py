@@ -47,14 +47,15 @@ def fresh_text_side(components):
                                text_encoder=copy.deepcopy(components.text_encoder))
 
 
-def _labels(dataset) -> np.ndarray:
+def dataset_labels(dataset) -> np.ndarray:
+    """Every sample's label, read from the rows when the dataset has them (no image is decoded)."""
     rows = getattr(dataset, "rows", None)
     return np.array([r["label"] for r in rows] if rows is not None else [dataset[i]["label"] for i in range(len(dataset))])
 
 
 def source_picks(dataset, n_images: int, prompts_per_source: int, seed: int, label: int | None = None) -> list[int]:
     """Random train sources (of one class, or all) so that sources x prompts ~ ``n_images``."""
-    labels = _labels(dataset)
+    labels = dataset_labels(dataset)
     candidates = np.flatnonzero(labels == label) if label is not None else np.arange(len(labels))
     rng = np.random.default_rng([seed, 7, 0 if label is None else label + 1])
     n = min(len(candidates), math.ceil(n_images / prompts_per_source))

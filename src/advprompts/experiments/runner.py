@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from advprompts.experiments.config import ExperimentConfig, MethodSpec
-from advprompts.experiments.pools import (_labels, augment_pool, export_group_images, fresh_text_side, generate_units,
+from advprompts.experiments.pools import (augment_pool, export_group_images, fresh_text_side, generate_units,
                                           load_pool, real_pool, source_picks)
+from advprompts.experiments.pools import dataset_labels as _labels
 from advprompts.fsio import read_json
 from advprompts.rundir import atomic_write_text, prepare_run_dir
 from advprompts.tasks.train import Tensors, evaluate, load_tensors, save_task_weights, train_classifier
@@ -69,7 +70,7 @@ class ExperimentRunner:
         self._components = components
         # Fail before anything is written: missing backbone or diffusion model.
         if config.task.init != "scratch":
-            from advprompts.tasks.models import _read_state, backbone_path
+            from advprompts.tasks.models import backbone_path, read_state as _read_state
 
             _read_state(backbone_path(config.task.arch, config.task.init))
         if any(m.generated for m in config.methods.values()):
@@ -95,7 +96,7 @@ class ExperimentRunner:
 
     @property
     def device(self) -> torch.device:
-        from advprompts.optimize import resolve_device
+        from advprompts.device import resolve_device
 
         return resolve_device(self.config.device)
 
@@ -221,7 +222,7 @@ class ExperimentRunner:
         ``per_group``); finished runs are reused, interrupted ones resume."""
         from advprompts.config.presets import apply_overrides, read_yaml
         from advprompts.config.schema import parse_config
-        from advprompts.optimize import optimize
+        from advprompts.optim.loop import optimize
 
         base = read_yaml(spec.optimize)
         base = apply_overrides(base, spec.set)

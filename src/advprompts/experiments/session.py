@@ -16,6 +16,9 @@ def run_and_report(config: str, out: str | Path, *, overrides: list[str] = (), m
     from advprompts.experiments.runner import ExperimentRunner
     from advprompts.zoo.paths import is_embedded
 
+    from advprompts.errors import require_extra
+
+    require_extra("matplotlib", "plot", "plotting the report's figures")  # before the run, not after it
     t0 = time.time()
     cfg = load_experiment_config(config, overrides, methods)
     runner = ExperimentRunner(cfg, out, overwrite=overwrite, components=components, say=echo)

@@ -9,7 +9,7 @@ from advprompts.errors import ConfigError
 from advprompts.losses.registry import LossInputs, LossResources, LossTerm, register_loss
 
 
-class _TaskTerm(LossTerm):
+class TaskTerm(LossTerm):
     """A term on the task model. ``stop_threshold``: the optimisation stops once the task loss (for
     classifiers the CE on the true label, e.g. 2.3: the true class below p = 0.1) reaches it."""
 
@@ -30,7 +30,7 @@ class _TaskTerm(LossTerm):
         if self.stop_threshold is not None:
             self.last_task_loss = float(F.cross_entropy(logits.detach(), self._labels(inputs)))
 
-class _ClassifierTerm(_TaskTerm):
+class _ClassifierTerm(TaskTerm):
     """A term on a classifier's logits. ``temperature`` T divides the logits before the loss (the
     paper's Waterbirds code: CE on 0.5 x logits, T = 2), which softens the model's confidence and so
     keeps the CE's gradient alive longer as the model is fooled; the stop threshold is always read
@@ -118,7 +118,7 @@ class UniformCE(_ClassifierTerm):
         return -F.log_softmax(self.logits(inputs), dim=-1).mean()
 
 
-class _DenseTerm(_TaskTerm):
+class _DenseTerm(TaskTerm):
     def _pair(self, inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
         if inputs.dense is None:
             raise ConfigError(f"loss {self.name!r} needs dense targets (e.g. depth maps) in the source dataset")

@@ -27,11 +27,11 @@ def rankers(losses: LossSet) -> list[LossTerm]:
 def check_rankable(losses: LossSet, per_class: bool) -> list[WeightedTerm]:
     """Refuse, before anything is written, a ranking that cannot be made: no adversarial term, or prompts
     shared by the classes. Returns the adversarial terms that score the descriptions."""
-    from advprompts.losses.adversarial import _TaskTerm
+    from advprompts.losses.adversarial import TaskTerm
 
     if not rankers(losses):
         return []
-    adversarial = [t for t in losses.terms if isinstance(t.term, _TaskTerm)]
+    adversarial = [t for t in losses.terms if isinstance(t.term, TaskTerm)]
     if not adversarial:
         raise ConfigError("target_mode 'adversary' ranks the descriptions by the adversarial terms' loss, and this "
                           "run has none (GP): use target_mode mean or nearest, or add an adversarial term")

@@ -26,7 +26,7 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from advprompts.models.loading import Components
+from advprompts.models.components import Components
 
 #: Width of the tiny text encoder; the UNet's cross-attention dimension.
 TEXT_DIM = 32
@@ -163,7 +163,7 @@ def tiny_components(
         controlnet: also build a matching ControlNet.
 
     Returns:
-        A :class:`~advprompts.models.loading.Components` in float32 on CPU.
+        A :class:`~advprompts.models.components.Components` in float32 on CPU.
     """
     tokenizer = tiny_tokenizer()
     return Components(

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advprompts.errors import ConfigError, ModelLoadError
+from advprompts.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _TASK_MODELS: dict[str, Callable[[int], nn.Module]] = {}
 _INPUT_SIZE: dict[str, int | None] = {}
+#: ``task.init`` names -> ``f(arch) -> Path`` of a state dict (the model zoo registers ``embedded``).
+BACKBONES = Registry("task backbone")
+register_backbone = BACKBONES.register
 
 
 def register_task_model(name: str, input_size: int | None = None):
@@ -121,7 +125,8 @@ def _external(arch: str, num_classes: int) -> TaskModel:
                       "torchvision:<name>, timm:<name>")
 
 
-def _read_state(path: Path) -> dict:
+def read_state(path: Path) -> dict:
+    """A task model's state dict from a .safetensors or .pt file (ModelLoadError when unreadable)."""
     if not path.is_file():
         raise ModelLoadError(f"task model weights {str(path)!r} do not exist; pass a .safetensors or .pt state dict")
     try:
@@ -163,7 +168,7 @@ def load_task_model(arch: str, num_classes: int, weights: str | Path | None = No
         model = _external(arch, num_classes)
         model.input_size = input_size or model.input_size
     if weights is not None:
-        state = _read_state(Path(weights))
+        state = read_state(Path(weights))
         target = model if any(k.startswith("net.") for k in state) else model.net
         try:
             target.load_state_dict(state)
@@ -174,16 +179,10 @@ def load_task_model(arch: str, num_classes: int, weights: str | Path | None = No
 
 
 def backbone_path(arch: str, weights: str | Path) -> Path:
-    """The state dict file behind ``task.init`` (``embedded``: the zoo's pretrained backbone)."""
-    if str(weights) != "embedded":
-        return Path(weights)
-    from advprompts.zoo.paths import zoo_dir
-
-    path = zoo_dir() / "task" / f"{arch}.safetensors"
-    if not path.is_file():
-        raise ModelLoadError(f"no pretrained embedded backbone for {arch} at {str(path)!r}; run "
-                             "`advprompts zoo build` (or set ADVPROMPTS_ZOO_DIR), or use task.init: scratch")
-    return path
+    """The state dict file behind ``task.init``: a registered name (``embedded``: the zoo's pretrained
+    backbone) or a file."""
+    named = BACKBONES.find(str(weights))
+    return Path(weights) if named is None else named(arch)
 
 
 def load_backbone(model: TaskModel, weights: str | Path) -> TaskModel:
@@ -192,7 +191,7 @@ def load_backbone(model: TaskModel, weights: str | Path) -> TaskModel:
     ``weights`` is a safetensors / pt state dict, or ``"embedded"``: the zoo's small_cnn pretrained
     to name objects on web-corpus images (``zoo/embedded/task/small_cnn.safetensors``).
     """
-    state = _read_state(backbone_path(model.arch, weights))
+    state = read_state(backbone_path(model.arch, weights))
     target = model if any(k.startswith("net.") for k in state) else model.net
     own = target.state_dict()
     shaped = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

@@ -9,6 +9,7 @@ cache folder and load from there.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import logging
 import os
@@ -23,7 +24,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from advprompts.errors import ConfigError
-from advprompts.fsio import check_writable, manifest_problem, write_manifest
+from advprompts.fsio import check_writable, manifest_problem, pid_alive, write_manifest
 from advprompts.world.captions import caption
 from advprompts.world.objects import OBJECTS
 from advprompts.world.places import LAND_PLACES, PLACES, WATER_PLACES
@@ -158,6 +159,10 @@ def export_benchmark(bench: Benchmark, out: Path, splits: list[str] | None = Non
     check_writable(out)
     # One temporary folder per process: concurrent first uses of a cached benchmark never share one.
     tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    for stale in out.parent.glob(f"{glob.escape(out.name)}.partial-*"):  # left by a killed export
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     try:
         _render(bench, tmp, splits)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +233,7 @@ def cached_export(name: str) -> Path:
     return export_benchmark(bench, out)
 
 
-def _register_shipped() -> None:
+def register_shipped() -> None:
     from advprompts.data.folder import FolderDataset, register_dataset
 
     for name in list_benchmarks():

@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 
 from advprompts.errors import ConfigError
-from advprompts.fsio import sha256
+from advprompts.fsio import read_json, remove_stale_temp_files, sha256
 from advprompts.hardware import cpu_name
 from advprompts.rundir import atomic_write_text
 from advprompts.zoo.architectures import sample_scheduler
 from advprompts.zoo.corpus import render_corpus
 from advprompts.zoo.tokenizer import write_tokenizer_files
-from advprompts.zoo.trainers import (CLIP_MEAN, CLIP_STD, ZooRecipe, encode_latents, train_clip, train_oracle,
-                                     train_inpaint_unet, train_task_backbone, train_unet, train_vae,
+from advprompts.zoo.trainers import (CLIP_MEAN, CLIP_STD, Tokenize, ZooRecipe, encode_latents, train_clip,
+                                     train_oracle, train_inpaint_unet, train_task_backbone, train_unet, train_vae,
                                      use_bf16)
 
 logger = logging.getLogger(__name__)
@@ -49,10 +49,10 @@ def write_manifest(out: Path, recipe: ZooRecipe, extra: dict, keep_gates: bool =
         **extra,
     }
     path = out / "manifest.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
+    old = read_json(path) or {}  # one torn by a killed build is rewritten, not a crash
     if keep_gates and "gates" in old and "gates" not in manifest:
         manifest["gates"] = old["gates"]
-    path.write_text(json.dumps(manifest, indent=2))
+    atomic_write_text(path, json.dumps(manifest, indent=2))
     return path
 
 
@@ -77,6 +77,9 @@ def save_models(out: Path, clip, tokenizer, vae, unet, oracle, dtype: torch.dtyp
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPImageProcessor, CLIPTextModel
 
+    # tokenizer.json records the truncation and padding of the tokenizer's last call, training's; a build
+    # resumed after training made none, so make that call here: resumed or not, the same file is written.
+    Tokenize(tokenizer)([""])
     text_encoder = CLIPTextModel(clip.config.text_config)
     text_encoder.load_state_dict(clip.text_model.state_dict())
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet,
@@ -137,7 +140,9 @@ def _cached_latents(vae, corpus, recipe: ZooRecipe, work: Path) -> torch.Tensor:
     if lat_file.exists():
         return torch.load(lat_file, weights_only=True)
     latents = encode_latents(vae, corpus, bf16=use_bf16(recipe))
-    torch.save(latents, lat_file)
+    tmp = lat_file.with_suffix(".tmp")  # renamed into place: a torn latents.pt would fail every rerun
+    torch.save(latents, tmp)
+    tmp.replace(lat_file)
     return latents
 
 
@@ -147,7 +152,7 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
     from safetensors.torch import save_file
     from transformers import CLIPTokenizer
 
-    from advprompts.optimize import resolve_device
+    from advprompts.device import resolve_device
 
     # "auto" becomes the device it picks (recorded in the manifest); a missing GPU fails here, before
     # anything is written.
@@ -186,6 +191,7 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
         (out / "task").mkdir(exist_ok=True)
         save_file(backbone, str(out / "task" / "small_cnn.safetensors"))
     times = timer.summary()
+    remove_stale_temp_files(out)  # a killed build's, which the manifest would list
     write_manifest(out, recipe, {"build_times_s": times, "bf16_autocast": use_bf16(recipe),
                                  "device": recipe.device, "cpu": cpu_name(), "threads": torch.get_num_threads(),
                                  "dtype": str(dtype).replace("torch.", "")})
@@ -217,7 +223,7 @@ def retrain_inpaint(zoo: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), dtyp
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from advprompts.optimize import resolve_device
+    from advprompts.device import resolve_device
 
     recipe = replace(recipe, device=str(resolve_device(recipe.device)))
     if not recipe.inpaint_steps:

@@ -341,7 +341,9 @@ def train_task_backbone(corpus: Corpus, recipe: ZooRecipe, work: Path) -> dict:
                                  progress=True, desc="task backbone")
         head = f"{len(model.net) - 1}."  # the final Linear: the benchmark's task gets a new one
         state = {k: v.cpu().contiguous() for k, v in model.net.state_dict().items() if not k.startswith(head)}
-        save_file(state, str(path))
+        tmp = path.with_suffix(".tmp")  # renamed into place: a torn file would fail every rerun
+        save_file(state, str(tmp))
+        tmp.replace(path)
     return load_file(str(path))
 
 

@@ -18,7 +18,7 @@ def main(
     device: Annotated[str, Opt("--device", help="auto | cpu | cuda.")] = "auto",
     plain: Annotated[bool, Opt("--plain", help="Plain-text table (no rich).")] = False,
 ) -> None:
-    from advprompts.benchmark import format_table, get_suite, run_benchmark, table_rows
+    from advprompts.perf import format_table, get_suite, run_benchmark, table_rows
 
     get_suite(suite)  # reject an unknown suite before loading anything
     res = run_benchmark(suite, json_file, threads=threads, device=device,

@@ -13,8 +13,10 @@ def main(
     quick: Annotated[bool, typer.Option("--quick", help="The 3-minute version (fewer steps and images).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in --out.")] = False,
 ) -> None:
+    from advprompts.errors import require_extra
     from advprompts.experiments.session import run_and_report
 
+    require_extra("matplotlib", "plot", "plotting the report's figures")  # before the banner and the run
     preset = "demo-quick" if quick else "demo"
     typer.echo("advprompts demo: waterbirds-synth (train: waterbirds only on water, landbirds only on land), "
                "shipped tiny Stable Diffusion and CLIP.")

@@ -45,7 +45,8 @@ def main(
     compile_: Annotated[bool, Opt("--compile", help="torch.compile UNet and VAE (opt-in).")] = False,
 ) -> None:
     from advprompts.errors import ConfigError
-    from advprompts.generate import generate_dataset, generate_text2img, parse_shard
+    from advprompts.generate import generate_dataset, generate_text2img
+    from advprompts.shards import parse_shard
 
     parse_shard(shard)  # reject a bad --shard / --device before loading anything
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):

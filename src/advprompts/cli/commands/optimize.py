@@ -21,8 +21,8 @@ def main(
     shard: Annotated[Optional[str], typer.Option("--shard", help="i/n: train every n-th prompt starting at i.")] = None,
 ) -> None:
     from advprompts.config.presets import load_config
-    from advprompts.generate import parse_shard
-    from advprompts.optimize import optimize
+    from advprompts.shards import parse_shard
+    from advprompts.optim.loop import optimize
 
     parse_shard(shard)  # reject a bad --shard before loading anything
     cfg = load_config(config, set_ or [])

@@ -20,8 +20,8 @@ def list_presets(ctx: typer.Context):
 
     kinds = presets_by_kind()
     width = max(len(name) for files in kinds.values() for name in files)
-    for key, heading, usage in PRESET_KINDS:
-        typer.echo(f"{heading} ({usage}):")
+    for key, kind in PRESET_KINDS.items():
+        typer.echo(f"{kind.heading} ({kind.usage}):")
         for name, path in kinds[key].items():
             typer.echo(f"  {name:{width}s}  {describe(path)}")
     typer.echo("print one to copy and edit: advprompts presets show NAME > my.yaml")

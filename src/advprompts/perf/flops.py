@@ -4,7 +4,7 @@ The machine-independent side of "where time goes": per network of a step (text e
 calls under CFG, VAE, task model), forward and backward GFLOPs from ``torch.utils.flop_counter``
 (convolutions, matmuls, attention). Weights are frozen, so backward computes input gradients only
 and costs about one forward; gradient checkpointing adds one more UNet forward per call.
-``python -m advprompts.benchmark.flops`` prints the table quoted in docs/performance.md.
+``python -m advprompts.perf.flops`` prints the table quoted in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def step_flops(comps, image_size: int, batch_size: int, num_steps: int, guidance
 
 
 def _table() -> str:
-    from advprompts.benchmark import models
+    from advprompts.perf import models
 
     arch, _ = models.embedded_architecture()
     lines = ["model | px | batch | K | text | UNet fwd | UNet bwd | ckpt recompute | VAE dec f+b | VAE enc | task |"

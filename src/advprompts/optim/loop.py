@@ -25,18 +25,18 @@ from advprompts.checkpoints import checkpoint_paths, load_checkpoint, save_check
 from advprompts.config.presets import dump_config
 from advprompts.config.schema import RunConfig
 from advprompts.data.folder import collate
-from advprompts.errors import ConfigError, DataError, NaNLossError
+from advprompts.errors import ConfigError, NaNLossError
 from advprompts.fsio import read_json
-from advprompts.shards import launch_device, launch_state, parse_shard, resolve_shard
 from advprompts.losses import LossInputs, LossResources, LossSet, WeightedTerm, build_loss
 from advprompts.losses.assignment import check_rankable, rank_descriptions, rankers
-from advprompts.optim_log import OptimLog
+from advprompts.optim.log import OptimLog, require_tensorboard
 from advprompts.prompts import LearnablePrompt
 from advprompts.rundir import atomic_write_bytes, prepare_run_dir, releases_run_dir
 from advprompts.sampler import Sampler
+from advprompts.sampler_inputs import AUTOCAST, sampler_kwargs
+from advprompts.shards import launch_device, launch_state, parse_shard, resolve_shard
 
 logger = logging.getLogger(__name__)
-AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -82,16 +82,6 @@ class _Job:
         return int(np.random.SeedSequence([self.seed, self.label]).generate_state(1)[0])
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` (CUDA when visible), ``cpu`` or ``cuda[:N]``; a CUDA device this machine lacks is a ConfigError."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {spec!r} is requested but no CUDA device is visible; use cpu or auto")
-    return device
-
-
 def step_generator(*keys: int) -> torch.Generator:
     """A CPU generator seeded from integer keys (order-sensitive, platform-independent)."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence(list(keys)).generate_state(1)[0]))
@@ -112,29 +102,6 @@ def _jobs(config: RunConfig, dataset) -> list[_Job]:
 def _build_losses(config: RunConfig) -> LossSet:
     return LossSet([WeightedTerm(build_loss(l.name, **l.params), l.weight, l.warmup, l.label or "")
                     for l in config.losses])
-
-
-def _sampler_kwargs(config: RunConfig, batch: dict, device: torch.device) -> dict:
-    s = config.sampler
-    kw = dict(num_steps=s.num_steps, guidance_scale=s.guidance_scale, eta=s.eta, strength=s.strength)
-    images = batch["image"].to(device)
-    if s.negative_prompt:
-        kw.update(negative_prompt=[s.negative_prompt] * len(images))
-    if s.conditioning == "inpaint":
-        if batch["mask"] is None:
-            raise DataError("sampler.conditioning=inpaint needs object masks (mask_file column) in the source data")
-        kw.update(source=images, object_mask=batch["mask"].to(device), paste=s.paste, latent_mask=s.latent_mask)
-    elif s.conditioning == "controlnet":
-        if batch["dense"] is None:
-            raise DataError("sampler.conditioning=controlnet needs dense maps (depth_file column) in the source data")
-        kw.update(conditioning=batch["dense"].to(device).expand(-1, 3, -1, -1), conditioning_scale=s.conditioning_scale)
-        if s.strength < 1.0:
-            kw.update(source=images)
-    elif s.strength < 1.0:
-        kw.update(source=images)
-    else:
-        kw.update(height=images.shape[-2], width=images.shape[-1])
-    return kw
 
 
 def _backward_per_term(weighted: dict[str, torch.Tensor], param: torch.Tensor, grad_accum: int) -> dict[str, float]:
@@ -209,6 +176,8 @@ def optimize(
     fingerprint = config.model_dump(mode="json")
     prepare_run_dir(out, fingerprint, "config.yaml", resume=resume, overwrite=overwrite, auto_resume=sharded,
                     create=False, shard=shard)
+    if config.log.tensorboard:
+        require_tensorboard()  # before minutes of model loading
 
     # 2. Models, data, losses.
     device = launch_device(config.model.device, state)
@@ -258,7 +227,7 @@ def _draw_inputs(config: RunConfig, job: _Job, dataset, sampler: Sampler, device
     pick = torch.randperm(len(job.indices), generator=gen)[: config.optim.batch_size]
     batch = collate([dataset[job.indices[int(i)]] for i in pick])
     names = [class_names.get(y, str(y)) for y in batch["label"].tolist()]
-    rollout = sampler([text_for(n) for n in names], generator=gen, grad=grad, **_sampler_kwargs(config, batch, device))
+    rollout = sampler([text_for(n) for n in names], generator=gen, grad=grad, **sampler_kwargs(config, batch, device))
     return LossInputs(images=rollout.images, labels=batch["label"].to(device),
                       dense=None if batch["dense"] is None else batch["dense"].to(device),
                       class_names=names, generator=gen, prompt_slot=job.slot, sources=batch["image"].to(device))
@@ -343,8 +312,10 @@ def _run_job(config, job, comps, sampler, losses, dataset, device, out, log, on_
         if stopped:
             logger.info("prompt %s: task loss reached its threshold at step %d; stopping", job.key, step)
         if done % config.log.checkpoint_every == 0 or done == o.steps or stopped:
-            save_checkpoint(ckpt_dir, job.key, done, prompt.embeddings, opt, stopped)
+            # The log first: a kill between the two resumes from the older checkpoint and drops the newer
+            # rows, where the other order would lose the rows of the steps before this checkpoint.
             log.flush()
+            save_checkpoint(ckpt_dir, job.key, done, prompt.embeddings, opt, stopped)
     bar.close()
     steps_run = max(step + 1, start)
     prompt.save(final, steps=steps_run, method=config.method)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from advprompts.benchmark import models
-from advprompts.benchmark.step import sync
-from advprompts.benchmark.suites import Suite
+from advprompts.perf import models
+from advprompts.perf.step import sync
+from advprompts.perf.suites import Suite
 from advprompts.generate import generate_dataset, image_seed, to_uint8
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,13 @@ import csv
 import io
 from pathlib import Path
 
+from advprompts.errors import require_extra
 from advprompts.rundir import atomic_write_text
+
+
+def require_tensorboard() -> None:
+    """TensorBoard is an optional extra: a one-line error naming it (and log.tensorboard=false) when missing."""
+    require_extra("tensorboard", "tensorboard", "log.tensorboard=true", "set log.tensorboard=false")
 
 
 class OptimLog:
@@ -26,6 +32,7 @@ class OptimLog:
             self.rows = [r for r in self.rows if r["prompt"] in keys]
         self.tb = None
         if tensorboard:
+            require_tensorboard()
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)

@@ -1,6 +1,6 @@
 """Peak memory of one optimisation step, with and without gradient checkpointing.
 
-CPU: every measurement runs in a fresh process (``python -m advprompts.benchmark.memory SPEC``). It
+CPU: every measurement runs in a fresh process (``python -m advprompts.perf.memory SPEC``). It
 builds the model, frees what construction left behind (``gc``, ``malloc_trim``), resets the
 kernel's peak-RSS counter (``5`` written to ``/proc/self/clear_refs`` sets VmHWM to the current
 RSS), runs ``optimize`` for one step and reads VmHWM. The step's memory is VmHWM minus the RSS
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from advprompts.benchmark import models
-from advprompts.benchmark.step import sync, time_optimize
-from advprompts.benchmark.suites import Suite
+from advprompts.perf import models
+from advprompts.perf.step import sync, time_optimize
+from advprompts.perf.suites import Suite
 
 MB = 2**20
 
@@ -70,7 +70,7 @@ def _components(model: str, device: torch.device):
 
 def measure(spec: dict) -> dict:
     """Run one AP optimisation step as ``spec`` says and return its peak memory (MB) and time (s)."""
-    from advprompts.optimize import optimize
+    from advprompts.optim.loop import optimize
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -102,7 +102,7 @@ def measure(spec: dict) -> dict:
 
 
 def _measure_isolated(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "advprompts.benchmark.memory", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "advprompts.perf.memory", json.dumps(spec)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -12,8 +12,8 @@ from typing import Callable
 
 import torch
 
-from advprompts.benchmark import generation, memory, models, step
-from advprompts.benchmark.suites import get_suite
+from advprompts.perf import generation, memory, models, step
+from advprompts.perf.suites import get_suite
 from advprompts.errors import ConfigError
 from advprompts.hardware import cpu_name
 
@@ -54,7 +54,7 @@ def run_benchmark(suite: str = "full", json_path: str | Path | None = None, *, t
     Returns:
         The results (the same dict as the JSON).
     """
-    from advprompts.optimize import resolve_device
+    from advprompts.device import resolve_device
 
     s = get_suite(suite)
     say = progress or logger.info

@@ -1,4 +1,4 @@
-"""Time of one optimisation step, through :func:`advprompts.optimize.optimize` itself.
+"""Time of one optimisation step, through :func:`advprompts.optim.loop.optimize` itself.
 
 A step's wall time is the interval between two consecutive ``on_step`` callbacks of a real run
 (batch drawing, prompt encoding, the K-step rollout, losses, backward, optimiser step, logging).
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advprompts.benchmark import models
-from advprompts.benchmark.suites import Suite
+from advprompts.perf import models
+from advprompts.perf.suites import Suite
 
 
 def sync(device: torch.device) -> None:
@@ -26,7 +26,7 @@ def sync(device: torch.device) -> None:
 
 def time_optimize(config, comps, task, data, device, warmup: int, profiler=None) -> list[float]:
     """Wall seconds of steps ``warmup ..`` of ``optimize(config)`` (``config.optim.steps`` in all)."""
-    from advprompts.optimize import optimize
+    from advprompts.optim.loop import optimize
 
     stamps: list[float] = []
 
