@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from advprompts.experiments.config import ExperimentConfig, MethodSpec
-from advprompts.experiments.pools import (augment_pool, export_group_images, fresh_text_side, generate_units,
-                                          load_pool, real_pool, source_picks)
-from advprompts.experiments.pools import dataset_labels as _labels
+from advprompts.experiments.pools import (augment_pool, dataset_labels, export_group_images, fresh_text_side,
+                                          generate_units, load_pool, real_pool, source_picks)
 from advprompts.fsio import read_json
 from advprompts.rundir import atomic_write_text, prepare_run_dir
 from advprompts.tasks.train import Tensors, evaluate, load_tensors, save_task_weights, train_classifier
@@ -70,9 +69,9 @@ class ExperimentRunner:
         self._components = components
         # Fail before anything is written: missing backbone or diffusion model.
         if config.task.init != "scratch":
-            from advprompts.tasks.models import backbone_path, read_state as _read_state
+            from advprompts.tasks.models import backbone_path, read_state
 
-            _read_state(backbone_path(config.task.arch, config.task.init))
+            read_state(backbone_path(config.task.arch, config.task.init))
         if any(m.generated for m in config.methods.values()):
             self.components  # noqa: B018 (loads, or raises ModelLoadError)
         if not prepare_run_dir(self.out, fingerprint, "experiment.yaml", resume=False, overwrite=overwrite,
@@ -102,7 +101,7 @@ class ExperimentRunner:
 
     @property
     def num_classes(self) -> int:
-        return int(_labels(self.train_ds).max()) + 1
+        return int(dataset_labels(self.train_ds).max()) + 1
 
     @property
     def components(self):
