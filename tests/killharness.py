@@ -319,6 +319,8 @@ def snapshot(folder: Path, ignore: str | None = None, checkpoint_rng: bool = Tru
         rel = p.relative_to(folder).as_posix()
         if not p.is_file() or (p.name.startswith(".advprompts") and p.name.endswith(".lock")):
             continue
+        if p.name == "profile.csv":  # an experiment's stage times: a resumed run also marks reused stages
+            continue
         if ignore and re.search(ignore, rel):
             continue
         if not checkpoint_rng and p.parent.name == "checkpoints":

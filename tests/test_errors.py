@@ -168,3 +168,30 @@ def test_checkpoint_of_another_run_is_refused_in_one_line(tmp_path):
     for suffix in (".json", ".safetensors"):  # someone else's checkpoint copied into this run
         shutil.copy(tmp_path / "other" / "checkpoints" / f"s0{suffix}", tmp_path / "run" / "checkpoints")
     _check([*base, "--resume", "--out", str(tmp_path / "run")], "belongs to another run (prompt embeddings of shape")
+
+
+def test_device_torch_does_not_know_is_one_line(tmp_path):
+    out = tmp_path / "out"
+    _check(["optimize", "--config", "tiny-ap", "--set", "model.device=gpu0", "--out", str(out)],
+           "device 'gpu0' is not a device", out)
+
+
+@pytest.mark.parametrize("prompt", ["a {klass}", "a {", "a {0}"])
+def test_text_prompt_with_a_field_other_than_class_is_refused_before_work(tmp_path, prompt):
+    args, out = _gen(tmp_path, "--source", "tiny-synth:train")
+    args[args.index("a {class}")] = prompt
+    _check(args, "only {class} may stand in braces", out)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("transfer=[resnet19]", "transfer architecture 'resnet19' is not a task model"),
+    ("transfer_methods=[gapp]", "transfer_methods names 'gapp'"),
+    ('methods.agnostic.prompts=["a {klass}"]', "unknown field {klass}"),
+])
+def test_experiment_config_mistakes_fail_before_any_training(tmp_path, override, match):
+    out = tmp_path / "exp"
+    _check(["experiment", "--config", "demo-quick", "--set", override, "--out", str(out)], match, out)
+
+
+def test_zoo_check_of_a_folder_that_is_not_a_zoo(tmp_path):
+    _check(["zoo", "check", "--zoo", str(tmp_path / "nowhere")], "is not a zoo (no sd/)")

@@ -156,7 +156,7 @@ def test_logit_margin_keeps_its_gradient_as_the_model_is_fooled_and_stops_past_k
 
 
 def test_per_term_gradients_add_up_to_the_joint_gradient(tiny):
-    from advprompts.optim.loop import _backward_per_term
+    from advprompts.optim.batch import backward_per_term as _backward_per_term
 
     prompt = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=2, prefix="g")
     losses = LossSet([WeightedTerm(_text(tiny, descriptions=["snow"]), 3.0),

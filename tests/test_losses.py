@@ -169,7 +169,7 @@ def test_optimize_passes_each_prompt_its_slot(tmp_path, tiny):
     """Prompt seeds [5, 9] are slots 0 and 1: with `spread` they are guided to different descriptions."""
     from advprompts.config.presets import read_yaml
     from advprompts.config.schema import parse_config
-    from advprompts.optim.loop import _jobs
+    from advprompts.optim.job import jobs_of as _jobs
 
     data = read_yaml("tiny-gap")
     data["prompt"]["seeds"] = [5, 9]

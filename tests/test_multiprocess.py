@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from advprompts.cli.app import app
 from advprompts.config.presets import load_config
 from advprompts.errors import ConfigError
-from advprompts.generate import _Rows, resolve_shard
+from advprompts.generate import Rows, resolve_shard
 from advprompts.optim.loop import optimize
 from advprompts.tasks.models import load_task_model
 
@@ -123,11 +123,11 @@ def test_optimize_shards_equal_one_process(_tiny_session, tmp_path):
 
 
 def test_rows_survive_a_crash_mid_append(tmp_path):
-    rows = _Rows(tmp_path, (0, 1))
+    rows = Rows(tmp_path, (0, 1))
     rows.add([{"file_name": "images/00000.png", "index": 0}, {"file_name": "images/00001.png", "index": 1}])
     with open(rows.path, "a") as f:
         f.write("images/00002.png,0,sq")  # a crash cut this row short
-    again = _Rows(tmp_path, (0, 1))
+    again = Rows(tmp_path, (0, 1))
     assert [r["index"] for r in again.rows] == ["0", "1"]
     again.add([{"file_name": "images/00002.png", "index": 2}])
-    assert [r["index"] for r in _Rows(tmp_path, (0, 1)).rows] == ["0", "1", "2"]
+    assert [r["index"] for r in Rows(tmp_path, (0, 1)).rows] == ["0", "1", "2"]

@@ -21,7 +21,8 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     result = runner.invoke(app, ["benchmark", "--suite", "quick", "--threads", "1", "--json", str(path)])
     assert result.exit_code == 0, result.output
     res = json.loads(path.read_text())
-    for key in ("step_overhead_ratio", "generate_speedup_vs_diffusers", "checkpoint_memory_ratio"):
+    for key in ("step_overhead_ratio", "generate_speedup_vs_diffusers", "checkpoint_memory_ratio",
+                "prompt_batch_speedup"):
         assert _positive(res[key]), (key, res[key])
         assert res["targets"][key]["value"] == res[key] and isinstance(res["targets"][key]["met"], bool)
     scaling = res["steps_scaling"]
@@ -38,6 +39,8 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert _positive(mem["with_checkpointing"]["step_mb"]) and _positive(mem["without_checkpointing"]["step_mb"])
     assert res["profile"]["top_ops"] and "Self CPU" in res["profile"]["by_time"]
     assert res["gpu_sd15"] is None or _positive(res["gpu_sd15"]["peak_gb"])
+    # The batched prompts learn what the one-at-a-time ones learn (float rounding of a larger batch aside).
+    assert res["prompt_batch"]["prompts"] == 4 and res["prompt_batch"]["max_embedding_diff"] < 1e-4
     assert "step_overhead_ratio" in result.output and "generate_speedup_vs_diffusers" in result.output
 
 

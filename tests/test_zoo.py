@@ -164,7 +164,7 @@ shipped = pytest.mark.skipif(not (zoo_dir() / "manifest.json").exists(), reason=
 
 @shipped
 def test_ring_weights_mark_the_repainted_cells_next_to_the_kept_object():
-    from advprompts.zoo.trainers import ring_weights
+    from advprompts.zoo.unet_trainers import ring_weights
 
     repaint = torch.ones(1, 1, 8, 8)
     repaint[..., 3:5, 3:5] = 0  # a 2x2 kept object

@@ -10,6 +10,8 @@
 * :func:`read_json` reads a cached result (a file written last, whose presence marks work done) and
   returns None, with a warning, for a file that is torn or not what the cache writes: the caller
   recomputes it instead of trusting it or crashing.
+* :func:`csv_text` / :func:`write_csv` / :func:`read_csv`: the one table format (``csv.DictWriter``'s,
+  a header row then one line per row), written atomically.
 * :func:`write_manifest` / :func:`manifest_problem`: the sha256 of every file of a folder, written
   last, and the check that the folder still matches it (a cache whose files changed is rebuilt).
 """
@@ -17,8 +19,10 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
@@ -61,6 +65,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def csv_text(rows, columns: list[str], *, extrasaction: str = "raise", header: bool = True) -> str:
+    """``rows`` (dicts) as CSV text with ``columns``: a header line (unless ``header`` is False), then one
+    line per row. ``extrasaction="ignore"`` drops keys that are not columns; missing keys are empty."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction=extrasaction)
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_csv(path: str | Path, rows, columns: list[str], *, extrasaction: str = "raise") -> None:
+    """Write ``rows`` as a CSV table (:func:`csv_text`) to ``path``, atomically."""
+    atomic_write_text(path, csv_text(rows, columns, extrasaction=extrasaction))
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """The rows of a CSV table with a header line, as dicts (every value a string)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def temp_file_pid(path: str | Path) -> int | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from dataclasses import dataclass
 from typing import get_args
 
 import torch
@@ -27,35 +26,20 @@ from advprompts.config.schema import LatentMask
 from advprompts.errors import ConfigError
 from advprompts.models.components import Components
 from advprompts.prompts import encode_text
+from advprompts.sampler_inputs import ROLLOUT_DEFAULTS, RolloutOutput, RolloutState, check_batchable, start_step
 
 logger = logging.getLogger(__name__)
 
 Generator = torch.Generator | list[torch.Generator] | None
 
 
-@dataclass
-class RolloutOutput:
-    """Result of one rollout.
-
-    Attributes:
-        images: final images (B, 3, H, W) in [0, 1], after pasting when requested.
-        decoded: the VAE decodings before pasting (B, 3, H, W) in [0, 1].
-        latents: final latents (B, C, h, w).
-        timesteps: the timesteps that were run.
-        mode: ``txt2img``, ``img2img``, ``inpaint`` or ``inpaint9`` (``+controlnet`` when used).
-    """
-
-    images: torch.Tensor
-    decoded: torch.Tensor
-    latents: torch.Tensor
-    timesteps: list[int]
-    mode: str
-
-
-def start_step(num_steps: int, strength: float) -> int:
-    """Index of the first DDIM step for SDEdit ``strength``, exactly as diffusers' img2img."""
-    init_timestep = min(int(num_steps * strength), num_steps)
-    return max(num_steps - init_timestep, 0)
+def checkpoint_blocks(components: Components) -> None:
+    """Turn on diffusers' own gradient checkpointing in the UNet, ControlNet and VAE decoder: inside a
+    checkpointed UNet call only the blocks' inputs are kept while it is recomputed, and the decoder's blocks
+    are recomputed too (less memory, more time; the same numbers). The networks keep the setting."""
+    for net in (components.unet, components.controlnet, components.vae):
+        if net is not None and getattr(net, "_supports_gradient_checkpointing", False):
+            net.enable_gradient_checkpointing()
 
 
 class Sampler:
@@ -64,15 +48,18 @@ class Sampler:
     Args:
         components: frozen diffusion components (see :func:`~advprompts.models.loading.load_components`).
         gradient_checkpointing: recompute each UNet (+ControlNet) call in the backward pass
-            instead of storing its activations; used only when gradients are enabled.
+            instead of storing its activations; used only when gradients are enabled. ``"blocks"``:
+            also inside the networks, block by block (see :func:`checkpoint_blocks`).
         autocast_dtype: ``torch.bfloat16`` / ``torch.float16`` to autocast the networks, or None.
     """
 
-    def __init__(self, components: Components, gradient_checkpointing: bool = True,
+    def __init__(self, components: Components, gradient_checkpointing: bool | str = True,
                  autocast_dtype: torch.dtype | None = None):
         self.c = components
         self.gradient_checkpointing = gradient_checkpointing
         self.autocast_dtype = autocast_dtype
+        if gradient_checkpointing == "blocks":
+            checkpoint_blocks(components)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
@@ -191,19 +178,36 @@ class Sampler:
         Returns:
             :class:`RolloutOutput`.
         """
-        ref = source if source is not None else conditioning
-        f = self.c.vae_scale_factor
-        height = height or (ref.shape[-2] if ref is not None else self.c.unet.config.sample_size * f)
-        width = width or (ref.shape[-1] if ref is not None else self.c.unet.config.sample_size * f)
-        self.check_inputs(prompt, num_steps, strength, guidance_scale, eta, source, object_mask,
-                          conditioning, height, width, latent_mask)
-        with (contextlib.nullcontext() if grad else torch.no_grad()):
-            return self._rollout(prompt, num_steps, guidance_scale, eta, strength, negative_prompt, source,
-                                 object_mask, paste, latent_mask, conditioning, conditioning_scale, height, width,
-                                 noise, generator, grad)
+        args = {k: v for k, v in locals().items() if k not in ("self", "grad")}
+        return self.rollouts([args], grad=grad)[0]
 
-    def _rollout(self, prompt, num_steps, guidance_scale, eta, strength, negative_prompt, source, object_mask,
-                 paste, latent_mask, conditioning, conditioning_scale, height, width, noise, generator, grad):
+    def rollouts(self, calls: list[dict], grad: bool = True) -> list[RolloutOutput]:
+        """Several rollouts (each a dict of :meth:`__call__`'s keyword arguments and ``prompt``) run as one
+        batch through the UNet, ControlNet and VAE decoder: each draws from its own generator, with its own
+        scheduler, exactly as alone; only the networks see the concatenated batch (batch rows never mix).
+        They must share the timesteps (``num_steps``, ``strength``), the UNet's extra inputs (mode) and the
+        ControlNet's ``conditioning_scale``."""
+        calls = [{**ROLLOUT_DEFAULTS, **call} for call in calls]
+        checked = inspect.signature(self.check_inputs).parameters
+        f, size = self.c.vae_scale_factor, self.c.unet.config.sample_size
+        for call in calls:
+            ref = call["source"] if call["source"] is not None else call["conditioning"]
+            call["height"] = call["height"] or (ref.shape[-2] if ref is not None else size * f)
+            call["width"] = call["width"] or (ref.shape[-1] if ref is not None else size * f)
+            self.check_inputs(**{k: call[k] for k in checked})
+        with (contextlib.nullcontext() if grad else torch.no_grad()):
+            states = [self._prepare(**call) for call in calls]
+            check_batchable(states)
+            self._denoise_loop(states, grad and self.gradient_checkpointing and torch.is_grad_enabled())
+            # 5. Decode, then paste the object back in pixel space.
+            latents = [s.latents for s in states]
+            if len(states) == 1:
+                return [states[0].output(self.decode(latents[0]))]
+            decoded = self.decode(torch.cat(latents)).split([len(x) for x in latents])
+            return [s.output(d) for s, d in zip(states, decoded)]
+
+    def _prepare(self, prompt, num_steps, guidance_scale, eta, strength, negative_prompt, source, object_mask,
+                 paste, latent_mask, conditioning, conditioning_scale, height, width, noise, generator) -> RolloutState:
         device, dtype = self.c.device, torch.float32
         batch, cfg = len(prompt), guidance_scale > 1.0
         nine = self.c.unet.config.in_channels == 9
@@ -260,35 +264,26 @@ class Sampler:
             control = conditioning.to(device, dtype)
             control = torch.cat([control] * 2) if cfg else control
             mode += "+controlnet"
+        paste_mask = object_mask.to(device, dtype) if paste and object_mask is not None else None
+        return RolloutState(embeds, scheduler, step_kwargs, timesteps, latents, noise, image_latents, extra,
+                            blend_mask, control, conditioning_scale, guidance_scale if cfg else None, mode,
+                            paste_mask, None if paste_mask is None else source.to(device, dtype))
 
-        # 4. Denoising loop; each UNet call optionally checkpointed.
-        use_ckpt = grad and self.gradient_checkpointing and torch.is_grad_enabled()
-        for i, t in enumerate(timesteps):
-            model_input = torch.cat([latents] * 2) if cfg else latents
-            model_input = scheduler.scale_model_input(model_input, t)
+    def _denoise_loop(self, states: list[RolloutState], use_ckpt: bool) -> None:
+        """4. Denoising loop over the states' concatenated batch; each UNet call optionally checkpointed."""
+        one = len(states) == 1
+        cat = (lambda xs: xs[0]) if one else torch.cat  # noqa: E731 (one rollout: its own tensors, as before)
+        embeds = cat([s.embeds for s in states])
+        extra = None if states[0].extra is None else [cat([s.extra[j] for s in states]) for j in range(2)]
+        control = None if states[0].control is None else cat([s.control for s in states])
+        scale = states[0].conditioning_scale
+        for i, t in enumerate(states[0].timesteps):
+            inputs = [s.model_input(t) for s in states]
             with self._autocast():
                 if use_ckpt:
-                    pred = checkpoint(self._denoise, model_input, t, embeds, extra, control, conditioning_scale,
-                                      use_reentrant=False)
+                    pred = checkpoint(self._denoise, cat(inputs), t, embeds, extra, control, scale, use_reentrant=False)
                 else:
-                    pred = self._denoise(model_input, t, embeds, extra, control, conditioning_scale)
+                    pred = self._denoise(cat(inputs), t, embeds, extra, control, scale)
             pred = pred.float()
-            if cfg:
-                uncond, text = pred.chunk(2)
-                pred = uncond + guidance_scale * (text - uncond)
-            latents = scheduler.step(pred, t, latents, **step_kwargs, return_dict=False)[0]
-            if blend_mask is not None:
-                # RePaint-style blending: keep the source latents, noised to the next step, off-mask.
-                known = image_latents
-                if i < len(timesteps) - 1:
-                    known = scheduler.add_noise(image_latents, noise, timesteps[i + 1: i + 2])
-                latents = (1 - blend_mask) * known + blend_mask * latents
-
-        # 5. Decode, then paste the object back in pixel space.
-        decoded = self.decode(latents)
-        images = decoded
-        if paste and object_mask is not None:
-            m = object_mask.to(device, dtype)
-            images = m * source.to(device, dtype) + (1 - m) * decoded
-        return RolloutOutput(images=images, decoded=decoded, latents=latents,
-                             timesteps=[int(t) for t in timesteps], mode=mode)
+            for s, p in zip(states, [pred] if one else pred.split([len(x) for x in inputs])):
+                s.advance(p, i, t)

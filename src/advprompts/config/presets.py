@@ -76,19 +76,41 @@ def presets_by_kind() -> dict[str, dict[str, Path]]:
             for key, kind in PRESET_KINDS.complete().items()}
 
 
-def read_yaml(spec: str | Path) -> dict:
-    """The mapping in a YAML file or preset name (ConfigError if neither / not a mapping)."""
-    presets = _preset_files()
-    path = presets.get(str(spec), Path(spec))
+def find_yaml(spec: str | Path, presets: dict[str, Path] | None = None, what: str = "config",
+              file_first: bool = False) -> Path:
+    """The file of a preset name (a key of ``presets``, default the optimisation presets) or YAML path;
+    ``file_first``: an existing file of that name wins over a preset (ConfigError if neither)."""
+    presets = _preset_files() if presets is None else presets
+    path = Path(spec) if file_first and Path(spec).is_file() else presets.get(str(spec), Path(spec))
     if not path.is_file():
-        raise ConfigError(f"config {str(spec)!r} is neither a file nor a preset; presets: {', '.join(presets)}")
+        raise ConfigError(f"{what} {str(spec)!r} is neither a file nor a preset; presets: {', '.join(presets)}")
+    return path
+
+
+def read_yaml(spec: str | Path, presets: dict[str, Path] | None = None, what: str = "config",
+              file_first: bool = False) -> dict:
+    """The mapping in a YAML file or preset name (:func:`find_yaml`; ConfigError if neither, if the file
+    is not YAML or does not hold a mapping)."""
+    path = find_yaml(spec, presets, what, file_first)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config {str(path)!r} must hold a mapping, not {type(data).__name__}")
+        raise ConfigError(f"{what} {str(path)!r} must hold a mapping, not {type(data).__name__}")
     return data
+
+
+def load_yaml_config(spec: str | Path, schema: type, overrides: list[str] | tuple[str, ...] = (), *,
+                     presets: dict[str, Path] | None = None, what: str = "config", file_first: bool = False):
+    """A YAML file or preset name read (:func:`read_yaml`), ``--set`` overrides applied
+    (:func:`apply_overrides`) and validated into ``schema``: the one way a YAML config is loaded.
+
+    Raises:
+        ConfigError: unknown file/preset, invalid YAML, malformed override, unknown key, wrong type or value.
+    """
+    data = apply_overrides(read_yaml(spec, presets, what, file_first), overrides)
+    return parse_config(data, schema, what=f"{what} {spec}")
 
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> dict:
@@ -134,7 +156,7 @@ def load_config(spec: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     Raises:
         ConfigError: unknown file/preset, invalid YAML, unknown key, wrong type or value.
     """
-    return parse_config(apply_overrides(read_yaml(spec), overrides), RunConfig, what=f"config {spec}")
+    return load_yaml_config(spec, RunConfig, overrides)
 
 
 def versions() -> dict[str, str]:

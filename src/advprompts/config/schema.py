@@ -18,18 +18,32 @@ from advprompts.errors import ConfigError
 LatentMask = Literal["nearest", "cover"]
 
 
-class _Strict(BaseModel):
+def check_template(text: str, fields: tuple[str, ...]) -> str:
+    """``text`` when ``str.format`` fills it from ``fields`` alone (else a ValueError in one line)."""
+    try:
+        text.format(**{name: "" for name in fields})
+    except (KeyError, IndexError, ValueError) as exc:
+        allowed = " and ".join("{" + name + "}" for name in fields)
+        problem = f"unknown field {{{exc.args[0]}}}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"{text!r}: {problem}; only {allowed} may stand in braces (write {{{{ and }}}} "
+                         "for a literal brace)") from None
+    return text
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: frozen, unknown keys rejected."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     diffusion: str = "embedded"          # load_components spec: embedded | tiny | folder | hub id
     controlnet: str | None = None        # ControlNet folder / hub id / "tiny" (dense tasks)
     device: str = "auto"                 # auto = cuda when available, else cpu
     autocast: Literal["none", "bf16", "fp16"] = "none"  # mixed precision (opt-in; not bit-identical)
 
 
-class SamplerConfig(_Strict):
+class SamplerConfig(StrictModel):
     num_steps: int = Field(5, ge=1)                # DDIM steps while optimising
     guidance_scale: float = Field(7.0, ge=0)       # CFG scale (<= 1 disables CFG)
     eta: float = Field(0.0, ge=0, le=1)            # DDIM eta
@@ -52,7 +66,7 @@ class SamplerConfig(_Strict):
         return self
 
 
-class PromptConfig(_Strict):
+class PromptConfig(StrictModel):
     num_tokens: int = Field(5, ge=1)     # placeholder tokens (learned embedding rows) per prompt
     init: str = "vocab-gaussian"         # vocab-gaussian | vocab-gaussian-cov | random | word:<w>
     template: str = "{prompt}"           # e.g. "a photo of a {class} {prompt}"
@@ -76,22 +90,22 @@ class PromptConfig(_Strict):
     def _template(cls, v: str) -> str:
         if "{prompt}" not in v:
             raise ValueError("must contain {prompt}")
-        return v
+        return check_template(v, ("prompt", "class"))
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     source: str                          # dataset folder or registered name (name:split)
     split: str | None = None             # keep only rows of this split (the split column)
 
 
-class TaskConfig(_Strict):
+class TaskConfig(StrictModel):
     arch: str | None = None              # registered task model (small_cnn, resnet18, ...)
     num_classes: int = Field(2, ge=1)    # the task model's outputs
     weights: str | None = None           # safetensors / pt state dict (none: random weights)
     input_size: int | None = None        # resize images to this size first (default: the architecture's)
 
 
-class LossConfig(_Strict):
+class LossConfig(StrictModel):
     name: str                            # registered loss term (advprompts.losses.list_losses())
     weight: float = 1.0                  # the term's factor in the total loss (lambda)
     warmup: int = Field(0, ge=0)         # active from this step on
@@ -99,7 +113,7 @@ class LossConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)  # the term's own options (docs/engine.md)
 
 
-class OptimConfig(_Strict):
+class OptimConfig(StrictModel):
     optimizer: Literal["adam", "adamw"] = "adam"   # over the prompt embeddings only
     lr: float = Field(1e-3, gt=0)              # learning rate
     weight_decay: float = Field(0.0, ge=0)     # weight decay of the prompt embeddings
@@ -109,7 +123,7 @@ class OptimConfig(_Strict):
     seed: int = 0                              # seed of the source batches and sampler noise
 
 
-class LogConfig(_Strict):
+class LogConfig(StrictModel):
     sample_every: int = Field(100, ge=0)       # 0 = never
     # Every N steps, each term's weighted gradient norm on the prompt embeddings (grad_<term> in log.csv):
     # the terms are then differentiated one by one (a second backward through the sampler when two
@@ -120,7 +134,7 @@ class LogConfig(_Strict):
     progress: bool = True                      # show a progress bar
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     method: Literal["ap", "gp", "gap"] = "ap"  # informational; ``losses`` defines the method
     model: ModelConfig = ModelConfig()         # the diffusion model and device
     sampler: SamplerConfig = SamplerConfig()   # the differentiable sampler while optimising
@@ -143,7 +157,7 @@ class RunConfig(_Strict):
         return self
 
 
-class GenerateConfig(_Strict):
+class GenerateConfig(StrictModel):
     """Source-conditioned generation (``advprompts generate --source``)."""
 
     model: ModelConfig = ModelConfig()             # the diffusion model and device
@@ -160,6 +174,16 @@ class GenerateConfig(_Strict):
     class_prompts: Literal["own", "all"] = "own"
     batch_size: int = Field(4, ge=1)               # images per batch
     seed: int = 0                                  # run seed: image k depends only on it and k
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, v: list[str]) -> list[str]:
+        return [check_template(text, ("class",)) for text in v]
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        return v if v is None else check_template(v, ("prompt", "class"))
 
     @model_validator(mode="after")
     def _some_prompt(self) -> "GenerateConfig":
@@ -183,7 +207,7 @@ def format_validation_error(exc: ValidationError, what: str = "config") -> str:
     return f"{what}: invalid value for {key!r} ({shown[:60]}): {err['msg']}"
 
 
-def parse_config(data: dict, model: type[_Strict] = RunConfig, what: str = "config"):
+def parse_config(data: dict, model: type[StrictModel] = RunConfig, what: str = "config"):
     """Validate a dict into ``model``, raising a one-line ConfigError."""
     if not isinstance(data, dict):
         raise ConfigError(f"{what}: expected a mapping at the top level, got {type(data).__name__}")

@@ -4,7 +4,6 @@ train lacks or holds rarely, and for location shifts the share at the evaluated 
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import numpy as np
 import torch
 import yaml
 
-from advprompts.fsio import read_json
-from advprompts.rundir import atomic_write_text
+from advprompts.fsio import atomic_write_text, read_csv, read_json
 
 
 def pool_images(pool_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
@@ -61,8 +59,7 @@ def composition(pool_dir: Path, bench: dict, train_groups: set[tuple[str, str]],
 
 
 def _split_rows(benchmark_root: Path, split: str | None = None) -> list[dict]:
-    with open(benchmark_root / "metadata.csv", newline="") as f:
-        return [r for r in csv.DictReader(f) if split is None or r.get("split") == split]
+    return [r for r in read_csv(benchmark_root / "metadata.csv") if split is None or r.get("split") == split]
 
 
 def _share(rows: list[dict], keep) -> float:

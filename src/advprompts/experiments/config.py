@@ -15,22 +15,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from advprompts.config.presets import apply_overrides
-from advprompts.config.schema import LatentMask, parse_config
+from advprompts.config.presets import find_yaml, load_yaml_config
+from advprompts.config.schema import LatentMask, StrictModel, check_template
 from advprompts.errors import ConfigError
 from advprompts.tasks.train import TrainRecipe
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+def check_arch(arch: str, what: str) -> str:
+    """``arch`` when it names a task model (registered, ``torchvision:<name>`` or ``timm:<name>``)."""
+    from advprompts.tasks.models import list_task_models
+
+    if arch not in list_task_models() and ":" not in arch:
+        raise ValueError(f"{what} {arch!r} is not a task model; available: "
+                         f"{', '.join(list_task_models())}, torchvision:<name>, timm:<name>")
+    return arch
 
 
-class MethodSpec(_Strict):
+class MethodSpec(StrictModel):
     kind: Literal["no_extra", "real_ood", "text", "random", "optimized", "augment"]
     prompts: list[str] = []                 # text: prompts ({class} allowed); empty = benchmark's target descriptions
     optimize: str | None = None             # optimized: a RunConfig preset or YAML file
@@ -44,18 +49,19 @@ class MethodSpec(_Strict):
     # default the experiment's task.arch. With ``transfer`` this separates model-specific data effects.
     adversary: str | None = None
 
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, v: list[str]) -> list[str]:
+        return [check_template(text, ("class",)) for text in v]
+
     @model_validator(mode="after")
     def _complete(self) -> "MethodSpec":
         if self.kind == "optimized" and not self.optimize:
             raise ValueError("an optimized method needs `optimize` (a preset name or YAML file)")
         if self.adversary is not None:
-            from advprompts.tasks.models import list_task_models
-
             if self.kind != "optimized":
                 raise ValueError("`adversary` applies to optimized methods only")
-            if self.adversary not in list_task_models() and ":" not in self.adversary:
-                raise ValueError(f"adversary {self.adversary!r} is not a task model; available: "
-                                 f"{', '.join(list_task_models())}, torchvision:<name>, timm:<name>")
+            check_arch(self.adversary, "adversary")
         if self.kind == "augment" and self.augment is None:
             raise ValueError("an augment method needs `augment: cutmix | randaugment`")
         return self
@@ -65,7 +71,7 @@ class MethodSpec(_Strict):
         return self.kind in ("text", "random", "optimized")
 
 
-class GenerationSettings(_Strict):
+class GenerationSettings(StrictModel):
     steps: int = Field(15, ge=1)
     guidance_scale: float = Field(7.0, ge=0)
     strength: float = Field(1.0, gt=0, le=1)
@@ -76,7 +82,7 @@ class GenerationSettings(_Strict):
     class_words: dict[str, str] = Field(default_factory=dict)  # see PromptConfig; also used while optimising
 
 
-class TaskSpec(_Strict):
+class TaskSpec(StrictModel):
     arch: str = "small_cnn"
     input_size: int | None = None
     # Where the base model starts: random init, or a pretrained backbone state dict (safetensors/pt;
@@ -84,7 +90,7 @@ class TaskSpec(_Strict):
     init: str = "scratch"
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     name: str
     benchmark: str                          # a registered dataset (embedded benchmark) or folder
     train_split: str = "train"
@@ -109,35 +115,37 @@ class ExperimentConfig(_Strict):
     def _budgets(self) -> "ExperimentConfig":
         if any(not 0 < b <= 1 for b in self.budgets):
             raise ValueError("budgets are fractions of max_extra in (0, 1]")
+        for arch in self.transfer:  # checked here, not after the base models are trained
+            check_arch(arch, "transfer architecture")
+        unknown = [m for m in self.transfer_methods if m not in self.methods]
+        if unknown:
+            raise ValueError(f"transfer_methods names {unknown[0]!r}, which is not among the methods "
+                             f"({', '.join(self.methods)})")
         return self
 
     def n_extra(self, budget: float) -> int:
         return max(1, round(self.max_extra * budget))
 
 
+def experiment_presets() -> dict[str, Path]:
+    """The shipped experiment presets, name -> file."""
+    return {p.stem: p for p in sorted(PRESET_DIR.glob("*.yaml"), key=lambda p: p.stem)}
+
+
 def list_experiment_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return list(experiment_presets())
 
 
 def load_experiment_config(spec: str | Path, overrides: list[str] | tuple[str, ...] = (),
                            methods: list[str] | None = None) -> ExperimentConfig:
-    """An experiment config from a preset name or YAML file, with ``--set`` overrides and an
-    optional subset of its methods (in the given order)."""
-    path = Path(spec)
-    if not path.is_file():
-        path = PRESET_DIR / f"{spec}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"experiment config {str(spec)!r} is neither a file nor a preset; "
-                          f"presets: {', '.join(list_experiment_presets())}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"experiment config {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    data = apply_overrides(data, overrides)
-    config = parse_config(data, ExperimentConfig, what=f"experiment config {path.name}")
+    """An experiment config from a YAML file or preset name (a file of that name wins), with ``--set``
+    overrides and an optional subset of its methods (in the given order)."""
+    where = dict(presets=experiment_presets(), what="experiment config", file_first=True)
+    config = load_yaml_config(spec, ExperimentConfig, overrides, **where)
     if methods:
         unknown = [m for m in methods if m not in config.methods]
         if unknown:
-            raise ConfigError(f"method {unknown[0]!r} is not in {path.name}; its methods: {', '.join(config.methods)}")
+            raise ConfigError(f"method {unknown[0]!r} is not in {find_yaml(spec, **where).name}; its methods: "
+                              f"{', '.join(config.methods)}")
         config = config.model_copy(update={"methods": {m: config.methods[m] for m in methods}})
     return config

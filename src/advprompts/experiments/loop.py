@@ -11,24 +11,26 @@ The chain's model is the method's adversary architecture (default task.arch)::
     OUT/cells/loop/<method>-s<seed>-r<r>.json           its evaluation (round 0 = base model); present = done
     OUT/loop.csv, OUT/loop.md                           one row per (method, seed, round); the table
 
+With the embedded models, each round's pool is judged by the zoo's oracle as the experiment's pools are
+(its share in the groups train lacks, its label faithfulness), so the table shows where each round's
+data went, not only what it did.
+
 Finished rounds are reused, so a killed loop resumes.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
 from advprompts.errors import ConfigError
 from advprompts.experiments.config import ExperimentConfig
 from advprompts.experiments.runner import ExperimentRunner
-from advprompts.fsio import read_json
-from advprompts.rundir import atomic_write_text
+from advprompts.fsio import atomic_write_text, read_json, write_csv
 from advprompts.tasks.train import Tensors, evaluate, save_task_weights, train_classifier
 
-LOOP_COLUMNS = ["method", "seed", "round", "n_extra", "avg_acc", "worst_group_acc"]
+LOOP_COLUMNS = ["method", "seed", "round", "n_extra", "avg_acc", "worst_group_acc",
+                "pool_missing_groups", "pool_faithfulness"]
 
 
 def loop_methods(config: ExperimentConfig, methods: str | list[str] | None = None) -> list[str]:
@@ -96,14 +98,33 @@ def run_chain(runner: ExperimentRunner, method: str, seed: int, rounds: int) -> 
     return rows
 
 
+def add_round_compositions(runner: ExperimentRunner, rows: list[dict], oracle) -> list[dict]:
+    """Each round's row gets its own pool's share in the missing groups and label faithfulness (not the
+    chain's: every round adds one pool)."""
+    from advprompts.experiments.composition import benchmark_root, composition_context, pool_compositions
+    from advprompts.experiments.plan import round_tag
+
+    c = runner.config
+    ctx = composition_context(benchmark_root(c), c.train_split, c.eval_split) if oracle is not None else None
+    if ctx is None:
+        return rows
+    for r in rows:
+        pool = runner.out / "pools" / f"{r['method']}-s{r['seed']}{round_tag(int(r['round']))}"
+        if int(r["round"]) >= 1 and (pool / "metadata.csv").is_file():
+            comp = pool_compositions([pool], ctx, oracle)[pool.name]
+            r.update(pool_missing_groups=round(comp["missing_groups"], 4), pool_faithfulness=round(comp["faithfulness"], 4))
+    return rows
+
+
 def run_loop(runner: ExperimentRunner, methods: str | list[str] | None, rounds: int,
-             seeds: list[int] | None = None) -> list[dict]:
-    """Every (method, seed) chain (default seeds: the config's); writes loop.csv and loop.md as chains finish."""
+             seeds: list[int] | None = None, oracle=None) -> list[dict]:
+    """Every (method, seed) chain (default seeds: the config's); writes loop.csv and loop.md as chains
+    finish. ``oracle``: judges each round's pool (the embedded models' oracle; None: not judged)."""
     methods = loop_methods(runner.config, methods)
     rows: list[dict] = []
     for seed in runner.config.seeds if seeds is None else seeds:
         for method in methods:
-            rows += run_chain(runner, method, seed, rounds)
+            rows += add_round_compositions(runner, run_chain(runner, method, seed, rounds), oracle)
             write_loop_files(runner.out, rows)
     return rows
 
@@ -114,15 +135,16 @@ def write_loop_files(out: Path, rows: list[dict]) -> Path:
     from advprompts.experiments.report import loop_table
 
     groups = sorted({k for r in rows for k in r if k.startswith("acc_")})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOOP_COLUMNS + groups, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "loop.csv", buf.getvalue())
+    write_csv(out / "loop.csv", rows, LOOP_COLUMNS + groups, extrasaction="ignore")
     seeds = sorted({int(r["seed"]) for r in rows})
     text = ["# Loop", "", f"Worst-group accuracy (%) per round, mean ± std over seeds {seeds} "
             "(round 0: the base model; each round fine-tunes the previous round's model on train + every "
             "pool of its chain so far).", "", loop_table(rows), "", "Average accuracy (%):", "",
             loop_table(rows, "avg_acc"), ""]
+    judged = [r for r in rows if r.get("pool_missing_groups") not in (None, "")]
+    if judged:
+        text += ["Each round's generated set as the zoo's oracle sees it (%): its share in the groups train "
+                 "lacks, then its label faithfulness:", "", loop_table(judged, "pool_missing_groups"), "",
+                 loop_table(judged, "pool_faithfulness"), ""]
     atomic_write_text(out / "loop.md", "\n".join(text))
     return out / "loop.csv"

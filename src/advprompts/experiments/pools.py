@@ -9,9 +9,7 @@ a finished pool is reused, an interrupted one resumes where generation stopped.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import io
 import logging
 import math
 import shutil
@@ -20,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advprompts.rundir import atomic_write_text
+from advprompts.fsio import read_csv, write_csv
 from advprompts.tasks.train import Tensors, load_tensors
 
 logger = logging.getLogger(__name__)
@@ -83,17 +81,12 @@ def generate_units(units: list[dict], pool_dir: Path, components, settings, seed
             class_words=settings.class_words)
         out = pool_dir / f"u{k}"
         generate_dataset(config, out, components=components, dataset=Subset(dataset, unit["sources"]))
-        with open(out / "metadata.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                row["file_name"] = f"u{k}/{row['file_name']}"
-                rows.append(row)
+        for row in read_csv(out / "metadata.csv"):
+            row["file_name"] = f"u{k}/{row['file_name']}"
+            rows.append(row)
     if not rows:
         raise RuntimeError(f"pool {pool_dir} received no sources")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(pool_dir / "metadata.csv", buf.getvalue())
+    write_csv(pool_dir / "metadata.csv", rows, list(rows[0]))
     return pool_dir
 
 

@@ -4,7 +4,6 @@ by the task model or the CLIP used for guidance), decoded prompts and optimisati
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -15,14 +14,13 @@ import torch
 from advprompts.experiments.composition import (benchmark_root, composition_context, composition_section,
                                                  finished_pools, pool_compositions, pool_images)
 from advprompts.experiments.runner import summarize
-from advprompts.rundir import atomic_write_text
+from advprompts.fsio import atomic_write_text, read_csv
 
 logger = logging.getLogger(__name__)
 
 
 def read_results(out: Path) -> list[dict]:
-    with open(out / "results.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(out / "results.csv")
 
 
 def results_table(rows: list[dict]) -> str:
@@ -197,13 +195,12 @@ def plot_curves(prompt_dir: Path, path: Path) -> Path | None:
         return None
     series: dict[str, dict[str, list]] = {}
     for log in logs:
-        with open(log, newline="") as f:
-            for r in csv.DictReader(f):
-                key = f"{log.parent.relative_to(prompt_dir)}/{r['prompt']}".strip("./")
-                for term, v in r.items():
-                    if term in ("prompt", "step", "seconds") or v in ("", None):
-                        continue
-                    series.setdefault(term, {}).setdefault(key, []).append((int(r["step"]), float(v)))
+        for r in read_csv(log):
+            key = f"{log.parent.relative_to(prompt_dir)}/{r['prompt']}".strip("./")
+            for term, v in r.items():
+                if term in ("prompt", "step", "seconds") or v in ("", None):
+                    continue
+                series.setdefault(term, {}).setdefault(key, []).append((int(r["step"]), float(v)))
     fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3), squeeze=False)
     for ax, (term, curves) in zip(axes[0], sorted(series.items())):
         for key, pts in sorted(curves.items()):

@@ -11,13 +11,11 @@ pool's first ``n_extra`` images and evaluate on the eval split. Folder layout::
                                     (``loop`` rounds r >= 2 add ``-r<r>`` to both)
     OUT/cells/<method>-n<n>-s<seed>.json   one evaluated cell; present = done
     OUT/results.csv, OUT/report.md, OUT/figures/
+    OUT/profile.csv            wall time of every stage (see :mod:`advprompts.experiments.profile`)
 """
 
 from __future__ import annotations
 
-import copy
-import csv
-import io
 import json
 import logging
 import time
@@ -27,10 +25,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from advprompts.errors import ConfigError
 from advprompts.experiments.config import ExperimentConfig, MethodSpec
-from advprompts.experiments.pools import (augment_pool, dataset_labels, export_group_images, fresh_text_side,
-                                          generate_units, load_pool, real_pool, source_picks)
-from advprompts.fsio import read_json
+from advprompts.experiments.plan import draw_seed, optimisation_runs, pool_units, round_tag
+from advprompts.experiments.pools import (augment_pool, dataset_labels, fresh_text_side, generate_units, load_pool,
+                                          real_pool)
+from advprompts.experiments.profile import StageProfile
+from advprompts.fsio import read_json, write_csv
 from advprompts.rundir import atomic_write_text, prepare_run_dir
 from advprompts.tasks.train import Tensors, evaluate, load_tensors, save_task_weights, train_classifier
 
@@ -39,28 +40,18 @@ BASE_COLUMNS = ["benchmark", "method", "n_extra", "seed", "avg_acc", "worst_grou
 POOL_COLUMNS = ["pool_faithfulness", "pool_missing_groups", "pool_target_places", "pool_night"]
 
 
-def draw_seed(seed: int, rnd: int = 1) -> int:
-    """The seed of round ``rnd``'s random draws (prompt inits, sources, generation noise). Round 1 is
-    the experiment's own seed, so a loop's first round rebuilds (and can reuse) the experiment's pool;
-    later rounds get seeds >= 10**6, apart from any experiment seed and from each other."""
-    if rnd == 1:
-        return seed
-    return 1_000_000 + int(np.random.SeedSequence([seed, rnd]).generate_state(1)[0]) % 1_000_000
-
-
-def round_tag(rnd: int) -> str:
-    """Folder suffix of a loop round's prompts and pool (round 1 shares the experiment's folders)."""
-    return "" if rnd == 1 else f"-r{rnd}"
-
-
 class ExperimentRunner:
-    """Runs (and resumes) one experiment into ``out``; ``say`` prints one-line progress messages."""
+    """Runs (and resumes) one experiment into ``out``; ``say`` prints one-line progress messages.
+    ``prompt_batch``: optimise up to that many prompts of a method together (``optimize``'s option;
+    None: one at a time). Every stage's wall time goes to ``out/profile.csv`` (``self.profile``)."""
 
     def __init__(self, config: ExperimentConfig, out: str | Path, *, overwrite: bool = False,
-                 components=None, progress: bool = True, say: Callable[[str], None] = logger.info):
+                 components=None, progress: bool = True, say: Callable[[str], None] = logger.info,
+                 prompt_batch: int | None = None):
         from advprompts.data import resolve_dataset
 
         self.config, self.out, self.progress, self.say = config, Path(out), progress, say
+        self.prompt_batch = prompt_batch
         fingerprint = config.model_dump(mode="json")
         prepare_run_dir(self.out, fingerprint, "experiment.yaml", resume=False, overwrite=overwrite,
                         auto_resume=True, create=False)
@@ -81,6 +72,7 @@ class ExperimentRunner:
             atomic_write_text(self.out / "experiment.yaml", yaml.safe_dump(fingerprint, sort_keys=False))
         self._train: Tensors | None = None
         self._eval: Tensors | None = None
+        self.profile = StageProfile(self.out)
 
     # ------------------------------------------------------------------ shared inputs
     @property
@@ -148,10 +140,13 @@ class ExperimentRunner:
         path = self.base_path(seed, arch)
         if not path.is_file():
             self.say(f"training the base {arch} on {self.config.benchmark}:{self.config.train_split} (seed {seed})")
-            torch.manual_seed(seed)
-            model = train_classifier(self.new_model(arch).to(self.device), self.train_data, self.config.train, seed=seed,
-                                     progress=self.progress, desc=f"base {arch} s{seed}")
-            save_task_weights(model, path)
+            with self.profile.stage("base_training", arch, seed):
+                torch.manual_seed(seed)
+                model = train_classifier(self.new_model(arch).to(self.device), self.train_data, self.config.train,
+                                         seed=seed, progress=self.progress, desc=f"base {arch} s{seed}")
+                save_task_weights(model, path)
+        else:
+            self.profile.add("base_training", arch, seed)  # reused: written once, as cached
         return load_task_model(arch, self.num_classes, weights=path, input_size=self.config.task.input_size).to(self.device)
 
     # ------------------------------------------------------------------ pools
@@ -163,106 +158,47 @@ class ExperimentRunner:
             return self.train_data.subset([])
         if spec.kind == "real_ood":
             if c.ood_split is None:
-                raise ValueError(f"method {name!r} (real_ood) needs ood_split in the experiment config")
-            return real_pool(c.benchmark, c.ood_split, seed, c.max_extra, self.task_size)
+                raise ConfigError(f"method {name!r} (real_ood) needs ood_split in the experiment config")
+            with self.profile.stage("pool", name, seed):
+                return real_pool(c.benchmark, c.ood_split, seed, c.max_extra, self.task_size)
         if spec.kind == "augment":
-            return augment_pool(self.train_data, seed, c.max_extra)
+            with self.profile.stage("pool", name, seed):
+                return augment_pool(self.train_data, seed, c.max_extra)
         pool_dir = self.out / "pools" / f"{name}-s{seed}{round_tag(rnd)}"
-        draw = draw_seed(seed, rnd)
+        draw, label = draw_seed(seed, rnd), name + round_tag(rnd)
         if not (pool_dir / "metadata.csv").is_file():
             comps = fresh_text_side(self.components)
-            units = self._units(name, spec, seed, pool_dir, comps, weights, rnd)
+            units = pool_units(self, name, spec, seed, pool_dir, comps, weights, rnd)
             self.say(f"{name}: generating {c.max_extra} images (seed {seed}" + (f", round {rnd})" if rnd > 1 else ")"))
-            generate_units(units, pool_dir, comps, c.generation, draw, self.train_ds, device=c.device)
-        return load_pool(pool_dir, draw, c.max_extra, self.task_size)
-
-    def _units(self, name: str, spec: MethodSpec, seed: int, pool_dir: Path, comps,
-               weights: Path | None = None, rnd: int = 1) -> list[dict]:
-        """What to generate: (prompts, train sources) units adding up to about ``max_extra`` images."""
-        n, draw = self.config.max_extra, draw_seed(seed, rnd)
-        if spec.kind == "text":
-            texts = spec.prompts or self.target_descriptions()
-            return [{"prompts": texts, "sources": source_picks(self.train_ds, n, len(texts), draw)}]
-        if spec.kind == "random":
-            from advprompts.prompts import LearnablePrompt
-
-            files = []
-            for i in range(spec.num_prompts):
-                p = LearnablePrompt(comps.tokenizer, comps.text_encoder, num_tokens=spec.num_tokens,
-                                    prefix=f"rand-s{draw}-{i}", init="vocab-gaussian", seed=draw * 1000 + i,
-                                    template=spec.template)
-                files.append(p.save(pool_dir / "prompts" / f"prompt_{i}.safetensors"))
-            return [{"prompt_files": files, "sources": source_picks(self.train_ds, n, len(files), draw)}]
-        results = self.optimize_prompts(name, spec, seed, comps, weights, rnd)
-        by_class: dict[int | None, list[Path]] = {}
-        for r in results:
-            by_class.setdefault(r.class_label, []).append(r.file)
-        if list(by_class) == [None]:
-            files = by_class[None]
-            return [{"prompt_files": files, "sources": source_picks(self.train_ds, n, len(files), draw)}]
-        # Per-class prompts apply to sources of their class only (equal images per class).
-        per_class = n / len(by_class)
-        return [{"prompt_files": files, "sources": source_picks(self.train_ds, per_class, len(files), draw, label)}
-                for label, files in sorted(by_class.items())]
-
-    def target_descriptions(self) -> list[str]:
-        import yaml
-
-        bench = Path(getattr(self.train_ds, "root", "")) / "benchmark.yaml"
-        texts = yaml.safe_load(bench.read_text()).get("target_descriptions", []) if bench.is_file() else []
-        if not texts:
-            raise ValueError("this benchmark has no target descriptions; give the method `prompts`")
-        return texts
+            with self.profile.stage("generation", label, seed):
+                generate_units(units, pool_dir, comps, c.generation, draw, self.train_ds, device=c.device)
+        else:
+            self.profile.add("generation", label, seed)
+        with self.profile.stage("pool", label, seed):
+            return load_pool(pool_dir, draw, c.max_extra, self.task_size)
 
     def optimize_prompts(self, name: str, spec: MethodSpec, seed: int, comps, weights: Path | None = None,
                          rnd: int = 1) -> list:
         """Run the method's optimisation preset against this seed's base model of its adversary
         architecture, or against ``weights`` of that architecture (one run per target group with
         ``per_group``); finished runs are reused, interrupted ones resume."""
-        from advprompts.config.presets import apply_overrides, read_yaml
         from advprompts.config.schema import parse_config
         from advprompts.optim.loop import optimize
 
-        base = read_yaml(spec.optimize)
-        base = apply_overrides(base, spec.set)
-        arch, draw, tag = self.adversary(spec), draw_seed(seed, rnd), round_tag(rnd)
         if weights is None:
-            weights = self.base_path(seed, arch)
-            self.base_model(seed, arch)  # makes sure the weights exist
-        base["data"] = {"source": self.config.benchmark, "split": self.config.train_split}
-        base["task"] = {"arch": arch, "num_classes": self.num_classes, "weights": str(weights),
-                        "input_size": self.config.task.input_size}
-        base.setdefault("model", {}).update(diffusion=self.config.model, device=self.config.device)
-        prompt = base.setdefault("prompt", {})
-        prompt["seeds"] = [draw * 1000 + s for s in prompt.get("seeds", [0])]
-        if rnd > 1:  # fresh batches and noise too (round 1 keeps the preset's, as the experiment does)
-            optim = base.setdefault("optim", {})
-            optim["seed"] = optim.get("seed", 0) + draw
-        if self.config.generation.class_words:  # one vocabulary for optimising and generating
-            prompt["class_words"] = self.config.generation.class_words
-        base.setdefault("log", {})["progress"] = self.progress
-        runs = [(None, base)]
-        if spec.per_group:
-            if self.config.target_split is None:
-                raise ValueError(f"method {name!r} has per_group: true but the experiment has no target_split")
-            from advprompts.data import resolve_dataset
-
-            target = resolve_dataset(self.config.benchmark, split=self.config.target_split, image_size=self.image_size)
-            runs = []
-            for group, folder in export_group_images(target, self.out / "targets").items():
-                data = copy.deepcopy(base)
-                for loss in data["losses"]:
-                    if loss["name"].startswith("image_") or loss["name"] == "ti_denoise":
-                        loss.setdefault("params", {})["target_images"] = str(folder)
-                data["prompt"]["prefix"] = f"{prompt.get('prefix', 'ap')}-{group}"
-                runs.append((group, data))
+            weights = self.base_path(seed, self.adversary(spec))
+            self.base_model(seed, self.adversary(spec))  # makes sure the weights exist
         results = []
-        for group, data in runs:
+        for group, data in optimisation_runs(self, name, spec, seed, weights, draw_seed(seed, rnd), rnd):
             config = parse_config(data, what=f"method {name} ({spec.optimize})")
-            out = self.out / "prompts" / f"{name}-s{seed}{tag}" / (group or "")
+            out = self.out / "prompts" / f"{name}-s{seed}{round_tag(rnd)}" / (group or "")
             self.say(f"{name}: optimising prompts" + (f" for target group {group}" if group else "") + f" (seed {seed})")
+            done, t0 = {p.name for p in out.glob("prompt_*.safetensors")}, time.perf_counter()
             res = optimize(config, out, resume=(out / "config.yaml").is_file(), components=comps,
-                           dataset=self.train_ds)
+                           dataset=self.train_ds, prompt_batch=self.prompt_batch)
+            reused = res.prompts and all(r.file.name in done for r in res.prompts)  # nothing was left to do
+            self.profile.add("prompts", name + round_tag(rnd) + (f"/{group}" if group else ""), seed,
+                             seconds=None if reused else time.perf_counter() - t0)
             results += res.prompts
         return results
 
@@ -272,13 +208,17 @@ class ExperimentRunner:
         path = self.out / "cells" / f"{label}-n{n}-s{seed}.json"
         cached = read_json(path, required=("avg_acc", "worst_group_acc"))  # a torn or foreign file is recomputed
         if cached is not None:
+            for stage in ("finetune", "evaluate"):
+                self.profile.add(stage, label, seed, n)
             return cached
         t0 = time.time()
         model = self.base_model(seed, arch)
-        data = Tensors.concat([self.train_data, pool.subset(list(range(n)))]) if n else self.train_data
-        train_classifier(model, data, self.config.finetune, seed=seed + 1, augment=spec.augment or "none",
-                         progress=self.progress, desc=f"fine-tune {label} n={n} s{seed}")
-        ev = evaluate(model, self.eval_data)
+        with self.profile.stage("finetune", label, seed, n):
+            data = Tensors.concat([self.train_data, pool.subset(list(range(n)))]) if n else self.train_data
+            train_classifier(model, data, self.config.finetune, seed=seed + 1, augment=spec.augment or "none",
+                             progress=self.progress, desc=f"fine-tune {label} n={n} s{seed}")
+        with self.profile.stage("evaluate", label, seed, n):
+            ev = evaluate(model, self.eval_data)
         row = {"benchmark": Path(self.config.benchmark).name, "method": label, "n_extra": n, "seed": seed,
                **ev.row(), "seconds": round(time.time() - t0, 1)}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -313,11 +253,8 @@ class ExperimentRunner:
         ``acc_<group>`` column per group."""
         pool = [k for k in POOL_COLUMNS if any(k in r for r in rows)]
         groups = sorted({k for r in rows for k in r if k.startswith("acc_")})
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=BASE_COLUMNS + pool + groups, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        return atomic_write_text(self.out / "results.csv", buf.getvalue()) or self.out / "results.csv"
+        write_csv(self.out / "results.csv", rows, BASE_COLUMNS + pool + groups, extrasaction="ignore")
+        return self.out / "results.csv"
 
 
 def summarize(rows: list[dict]) -> list[dict]:

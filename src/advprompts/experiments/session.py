@@ -8,22 +8,24 @@ from typing import Callable
 
 
 def run_and_report(config: str, out: str | Path, *, overrides: list[str] = (), methods: list[str] | None = None,
-                   overwrite: bool = False, echo: Callable[[str], None] = print, components=None) -> Path:
+                   overwrite: bool = False, echo: Callable[[str], None] = print, components=None,
+                   prompt_batch: int | None = None) -> Path:
+    """Run (or resume) the experiment ``config`` into ``out``, write its report, print its table and the
+    time per stage (``out/profile.csv``); ``prompt_batch``: see :class:`ExperimentRunner`."""
     from advprompts.experiments.composition import (add_pool_columns, benchmark_root, composition_context,
                                                      finished_pools, pool_compositions)
     from advprompts.experiments.config import load_experiment_config
     from advprompts.experiments.report import results_table, write_report
     from advprompts.experiments.runner import ExperimentRunner
-    from advprompts.zoo.paths import is_embedded
 
     from advprompts.errors import require_extra
 
     require_extra("matplotlib", "plot", "plotting the report's figures")  # before the run, not after it
     t0 = time.time()
     cfg = load_experiment_config(config, overrides, methods)
-    runner = ExperimentRunner(cfg, out, overwrite=overwrite, components=components, say=echo)
+    runner = ExperimentRunner(cfg, out, overwrite=overwrite, components=components, say=echo, prompt_batch=prompt_batch)
     rows = runner.run()
-    oracle = _oracle() if is_embedded(cfg.model) else None
+    oracle = embedded_oracle(cfg)
     ctx = composition_context(benchmark_root(cfg), cfg.train_split, cfg.eval_split) if oracle is not None else None
     if ctx is not None:  # each generated set's faithfulness and composition beside its cells in results.csv
         runner.write_results(add_pool_columns(rows, pool_compositions(finished_pools(Path(out)), ctx, oracle)))
@@ -31,13 +33,18 @@ def run_and_report(config: str, out: str | Path, *, overrides: list[str] = (), m
                           oracle=oracle)
     echo("")
     echo(results_table(rows))
+    echo(f"\ntime per stage ({Path(out) / 'profile.csv'}; cached: reused from an earlier run):")
+    echo(runner.profile.format_summary())
     echo(f"\nresults: {Path(out) / 'results.csv'}\nreport:  {report}  ({time.time() - t0:.0f} s)")
     return report
 
 
-def _oracle():
+def embedded_oracle(cfg):
+    """The zoo's oracle that judges generated sets, for an experiment on the embedded models (else None)."""
     from advprompts.zoo.oracle import Oracle
-    from advprompts.zoo.paths import oracle_path
+    from advprompts.zoo.paths import is_embedded, oracle_path
 
+    if not is_embedded(cfg.model):
+        return None
     path = oracle_path()
     return Oracle.load(path) if (path / "model.safetensors").is_file() else None

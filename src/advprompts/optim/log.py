@@ -3,12 +3,10 @@ TensorBoard scalars, one row per (prompt, step); shards keep their own part and 
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from advprompts.errors import require_extra
-from advprompts.rundir import atomic_write_text
+from advprompts.fsio import read_csv, write_csv
 
 
 def require_tensorboard() -> None:
@@ -20,13 +18,14 @@ class OptimLog:
     """log.csv rows (rewritten atomically) + optional TensorBoard."""
 
     def __init__(self, out: Path, columns: list[str], tensorboard: bool, purge_step: int | None,
-                 part: str | None = None, keys: set[str] | None = None):
+                 part: str | None = None, keys: set[str] | None = None, order: dict[str, int] | None = None):
         # A shard keeps its rows in .parts/<part> (seeded from log.csv for its own prompts, so a run
-        # started unsharded can go on sharded); merge() gathers the parts into log.csv.
-        self.out, self.columns = out, ["prompt", "step", *columns, "total", "seconds"]
+        # started unsharded can go on sharded); merge() gathers the parts into log.csv. ``order``
+        # (prompt -> index): rows are written by prompt, then step (prompts trained together interleave).
+        self.out, self.columns, self.order = out, ["prompt", "step", *columns, "total", "seconds"], order
         self.path = out / ".parts" / part if part else out / "log.csv"
         source = self.path if self.path.is_file() or not part else out / "log.csv"
-        self.rows = list(csv.DictReader(open(source))) if source.is_file() else []
+        self.rows = read_csv(source) if source.is_file() else []
         if part:
             self.path.parent.mkdir(exist_ok=True)
             self.rows = [r for r in self.rows if r["prompt"] in keys]
@@ -47,23 +46,21 @@ class OptimLog:
                 self.tb.add_scalar(f"{key}/{name}", value, step)
 
     def _write(self, path: Path, rows: list[dict]) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
+        write_csv(path, rows, self.columns, extrasaction="ignore")
 
     def flush(self) -> None:
+        if self.order is not None:
+            self.rows.sort(key=lambda r: (self.order.get(r["prompt"], len(self.order)), int(r["step"])))
         self._write(self.path, self.rows)
         if self.tb is not None:
             self.tb.flush()
 
     def merge(self, order: dict[str, int]) -> None:
         """log.csv = every shard's rows (and earlier log.csv rows of prompts no part holds)."""
-        parts = [r for p in sorted((self.out / ".parts").glob("log-*.csv")) for r in csv.DictReader(open(p))]
+        parts = [r for p in sorted((self.out / ".parts").glob("log-*.csv")) for r in read_csv(p)]
         held = {r["prompt"] for r in parts}
         old = self.out / "log.csv"
-        rows = [r for r in (csv.DictReader(open(old)) if old.is_file() else []) if r["prompt"] not in held]
+        rows = [r for r in (read_csv(old) if old.is_file() else []) if r["prompt"] not in held]
         rows = sorted({(r["prompt"], int(r["step"])): r for r in rows + parts}.values(),
                       key=lambda r: (order.get(r["prompt"], len(order)), int(r["step"])))
         self._write(old, rows)

@@ -76,11 +76,15 @@ def measure(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     comps = _components(spec["model"], device)
+    if spec["checkpointing"] == "blocks":  # inside each checkpointed UNet call too, block by block
+        from advprompts.sampler import checkpoint_blocks
+
+        checkpoint_blocks(comps)
     weights = sum(p.numel() * p.element_size() for n in (comps.unet, comps.vae, comps.text_encoder)
                   for p in n.parameters())
     config = models.step_config(model=spec["model"], device=device, image_size=spec["image_size"],
                                 batch_size=spec["batch_size"], num_steps=spec["num_steps"], guidance_scale=7.0,
-                                num_tokens=5, steps=1, checkpointing=spec["checkpointing"], clip=None,
+                                num_tokens=5, steps=1, checkpointing=bool(spec["checkpointing"]), clip=None,
                                 autocast=spec.get("autocast", "none"))
     task, data = models.task_model(device), models.dataset(spec["image_size"], n=max(2, spec["batch_size"]))
     with models.workdir() as tmp:
@@ -110,20 +114,26 @@ def _measure_isolated(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def checkpoint_memory(suite: Suite, device: torch.device) -> dict:
-    """``checkpoint_memory_ratio``: the step's memory with checkpointing over without (and the same
-    for the whole process's peak, weights included)."""
+def checkpoint_memory(suite: Suite, device: torch.device, modes: tuple = (True, "blocks", False)) -> dict:
+    """``checkpoint_memory_ratio``: the step's memory with checkpointing over without (and the same for
+    the whole process's peak, weights included); checkpointing each UNet call (``True``, the presets'
+    setting) and, with ``"blocks"``, inside each call too (``Sampler(..., gradient_checkpointing="blocks")``).
+    The key holds the lower of the two; ``checkpoint_memory_mode`` says which."""
     spec = {"model": suite.memory_model, "image_size": suite.memory_size, "num_steps": suite.memory_steps,
             "batch_size": 1, "device": str(device), "threads": torch.get_num_threads()}
     isolate = suite.memory_subprocess and device.type == "cpu"
-    runs = [(_measure_isolated if isolate else measure)({**spec, "checkpointing": c}) for c in (True, False)]
-    with_ckpt, without = runs
-    ratio = with_ckpt["step_mb"] / without["step_mb"] if without["step_mb"] > 0 else float("nan")
-    return {"checkpoint_memory_ratio": ratio,
+    runs = {c: (_measure_isolated if isolate else measure)({**spec, "checkpointing": c}) for c in modes}
+    without = runs[False]
+    ratios = {c: r["step_mb"] / without["step_mb"] if without["step_mb"] > 0 else float("nan")
+              for c, r in runs.items() if c is not False}
+    best = min(ratios, key=lambda c: ratios[c])
+    return {"checkpoint_memory_ratio": ratios[best], "checkpoint_memory_mode": "blocks" if best == "blocks" else "step",
             "checkpoint_memory": {"model": suite.memory_model, "image_size": suite.memory_size,
                                   "num_steps": suite.memory_steps, "batch_size": 1, "isolated_processes": isolate,
-                                  "with_checkpointing": with_ckpt, "without_checkpointing": without,
-                                  "total_peak_ratio": with_ckpt["peak_mb"] / without["peak_mb"]}}
+                                  "with_checkpointing": runs[True], "without_checkpointing": without,
+                                  "with_block_checkpointing": runs.get("blocks"),
+                                  "step_ratio": ratios.get(True), "blocks_ratio": ratios.get("blocks"),
+                                  "total_peak_ratio": runs[best]["peak_mb"] / without["peak_mb"]}}
 
 
 def gpu_sd15(suite: Suite, device: torch.device, timed: int = 3) -> dict:

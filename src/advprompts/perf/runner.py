@@ -12,16 +12,16 @@ from typing import Callable
 
 import torch
 
-from advprompts.perf import generation, memory, models, step
+from advprompts.perf import batching, generation, memory, models, step
 from advprompts.perf.suites import get_suite
 from advprompts.errors import ConfigError
 from advprompts.hardware import cpu_name
 
 logger = logging.getLogger(__name__)
 
-#: key -> (comparison, target) from issue 5.
+#: key -> (comparison, target) from issue 5 (prompt_batch_speedup: issue 26, 2 CPU cores; 3 on a GPU).
 TARGETS = {"step_overhead_ratio": ("<=", 1.10), "generate_speedup_vs_diffusers": (">=", 1.3),
-           "checkpoint_memory_ratio": ("<=", 0.4)}
+           "checkpoint_memory_ratio": ("<=", 0.4), "prompt_batch_speedup": (">=", 1.2)}
 
 
 def _met(key: str, value: float) -> bool:
@@ -71,20 +71,22 @@ def run_benchmark(suite: str = "full", json_path: str | Path | None = None, *, t
         res["model"] = note
         task = models.task_model(dev)
         args = (s, comps, clip_spec, task, dev)
-        say("[1/7] step overhead: a GAP step against its networks' isolated forward + backward")
+        say("[1/8] step overhead: a GAP step against its networks' isolated forward + backward")
         res.update(step.step_overhead(*args))
-        say(f"[2/7] step time at K = {', '.join(map(str, s.scaling_steps))}")
+        say(f"[2/8] step time at K = {', '.join(map(str, s.scaling_steps))}")
         res["steps_scaling"] = step.steps_scaling(*args)
-        say("[3/7] step time vs batch and resolution")
+        say("[3/8] step time vs batch and resolution")
         res["size_scaling"] = step.size_sweep(*args)
-        say("[4/7] torch.profiler of one step")
+        say("[4/8] torch.profiler of one step")
         res["profile"] = step.profile_step(*args)
-        say(f"[5/7] generation vs diffusers ({s.gen_images} images, {s.gen_steps} steps)")
+        say(f"[5/8] generation vs diffusers ({s.gen_images} images, {s.gen_steps} steps)")
         res.update(generation.generation_speedup(s, comps, dev))
-    say(f"[6/7] checkpointing memory ({s.memory_model} architecture, {s.memory_size} px, K={s.memory_steps})")
+        say(f"[6/8] {s.batch_prompts} prompts batched vs one at a time ({s.batch_steps} steps)")
+        res.update(batching.prompt_batch_speedup(s, comps, task, dev))
+    say(f"[7/8] checkpointing memory ({s.memory_model} architecture, {s.memory_size} px, K={s.memory_steps})")
     res.update(memory.checkpoint_memory(s, dev))
     if dev.type == "cuda" and s.name == "full":
-        say(f"[7/7] SD 1.5 on the GPU ({s.gpu_size} px, batch {s.gpu_batch})")
+        say(f"[8/8] SD 1.5 on the GPU ({s.gpu_size} px, batch {s.gpu_batch})")
         res["gpu_sd15"] = memory.gpu_sd15(s, dev)
     else:
         res["gpu_sd15"] = None  # no GPU (or the quick suite): not measured
@@ -115,10 +117,15 @@ def table_rows(res: dict) -> list[tuple[str, str, str, str]]:
          f"best: {gen['best_variant']}; exact default path {fmt(gen['exact_speedup'])}; "
          f"diffusers {fmt(gen['diffusers_images_per_s'], '.2f')} img/s"),
         ("checkpoint_memory_ratio", fmt(res["checkpoint_memory_ratio"]), mark("checkpoint_memory_ratio"),
-         f"step {fmt(mem['with_checkpointing']['step_mb'], '.0f')} vs "
-         f"{fmt(mem['without_checkpointing']['step_mb'], '.0f')} MB; whole process {fmt(mem['total_peak_ratio'])}"),
+         f"{res['checkpoint_memory_mode']}; per UNet call {fmt(mem['step_ratio'])}, blocks {fmt(mem['blocks_ratio'])}"
+         f" ({fmt(mem['without_checkpointing']['step_mb'], '.0f')} MB without); whole process "
+         f"{fmt(mem['total_peak_ratio'])}"),
         ("steps_scaling", f"{fmt(sc['slope_s_per_step'], '.4f')} s/K + {fmt(sc['intercept_s'], '.4f')} s", "linear",
          "K=" + ", ".join(f"{k}: {fmt(v, '.3f')}" for k, v in zip(sc["K"], sc["seconds"])) + f" s; r2 {fmt(sc['r2'])}"),
+        ("prompt_batch_speedup", fmt(res["prompt_batch_speedup"]), mark("prompt_batch_speedup"),
+         f"{res['prompt_batch']['prompts']} prompts x {res['prompt_batch']['batch_size']} images: "
+         f"{fmt(res['prompt_batch']['batched_s_per_prompt_step'])} vs "
+         f"{fmt(res['prompt_batch']['one_at_a_time_s_per_prompt_step'])} s per prompt-step"),
     ]
     for name, v in gen["variants"].items():
         rows.append((f"  generate[{name}]", fmt(v.get("speedup")), "",

@@ -41,13 +41,17 @@ class Suite:
     memory_subprocess: bool = True        # one fresh process per memory measurement
     gpu_size: int = 384                   # SD 1.5 figures when a GPU is present
     gpu_batch: int = 8
+    batch_prompts: int = 8                # prompt_batch_speedup: prompts optimised together vs one at a time,
+    batch_prompt_size: int = 4            # each on a batch of this many images,
+    batch_steps: int = 3                  # for this many steps
 
 
 SUITES: dict[str, Suite] = {
     "quick": Suite(name="quick", model="tiny", image_size=16, num_steps=2, num_tokens=2, warmup_steps=1,
                    timed_steps=2, repeats=2, scaling_timed=1, sweep_batch=(1,), sweep_size=(32,), gen_steps=2,
                    gen_batch=2, gen_images=8, gen_repeats=1, gen_variants=("channels_last", "bf16"),
-                   memory_model="tiny", memory_size=128, memory_subprocess=False),
+                   memory_model="tiny", memory_size=128, memory_subprocess=False, batch_prompts=4,
+                   batch_prompt_size=2, batch_steps=2),
     "full": Suite(name="full", model="embedded", image_size=64),
 }
 

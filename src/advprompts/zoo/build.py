@@ -28,9 +28,10 @@ from advprompts.rundir import atomic_write_text
 from advprompts.zoo.architectures import sample_scheduler
 from advprompts.zoo.corpus import render_corpus
 from advprompts.zoo.tokenizer import write_tokenizer_files
-from advprompts.zoo.trainers import (CLIP_MEAN, CLIP_STD, Tokenize, ZooRecipe, encode_latents, train_clip,
-                                     train_oracle, train_inpaint_unet, train_task_backbone, train_unet, train_vae,
-                                     use_bf16)
+from advprompts.zoo.recipe import Tokenize, ZooRecipe, use_bf16
+from advprompts.zoo.trainers import (CLIP_MEAN, CLIP_STD, encode_latents, train_clip, train_oracle,
+                                     train_task_backbone, train_vae)
+from advprompts.zoo.unet_trainers import train_inpaint_unet, train_unet
 
 logger = logging.getLogger(__name__)
 

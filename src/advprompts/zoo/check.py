@@ -155,7 +155,16 @@ class CheckResult:
 
 
 def check(zoo: Path, per_pair: int = 2, seed: int = 1234, grid_out: Path | None = None) -> CheckResult:
-    """Run every gate on the zoo at `zoo` and record the figures in its manifest."""
+    """Run every gate on the zoo at `zoo` and record the figures in its manifest.
+
+    Raises:
+        ModelLoadError: `zoo` lacks one of the folders a `zoo build` writes (sd/, clip/, oracle/).
+    """
+    from advprompts.errors import ModelLoadError
+
+    missing = [name for name in ("sd", "clip", "oracle") if not (Path(zoo) / name).is_dir()]
+    if missing:
+        raise ModelLoadError(f"{str(zoo)!r} is not a zoo (no {missing[0]}/); give a `zoo build` output folder")
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
     from torchvision.utils import save_image
 

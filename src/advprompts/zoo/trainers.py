@@ -1,4 +1,5 @@
-"""Trainers of the embedded models: CLIP (contrastive), VAE, UNet (noise prediction), oracle.
+"""Trainers of the embedded models: CLIP (contrastive), VAE, task backbone, oracle; the UNets are in
+:mod:`advprompts.zoo.unet_trainers`, the recipe in :mod:`advprompts.zoo.recipe`.
 
 Every batch is drawn from the step number alone (seeded), so runs are deterministic and a
 resumed run equals an uninterrupted one.
@@ -7,19 +8,18 @@ resumed run equals an uninterrupted one.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from advprompts.zoo.architectures import make_clip, make_unet, make_vae, train_scheduler
+from advprompts.zoo.architectures import make_clip, make_vae
 from advprompts.world.captions import Caption
 from advprompts.zoo.corpus import Corpus
 from advprompts.zoo.oracle import Oracle
-from advprompts.zoo.train_common import EMA, train_loop
+from advprompts.zoo.recipe import Tokenize, ZooRecipe, batch_rng, use_bf16
+from advprompts.zoo.train_common import train_loop
 
 logger = logging.getLogger(__name__)
 
@@ -27,86 +27,8 @@ CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
 
-@dataclass(frozen=True)
-class ZooRecipe:
-    """Steps and batch sizes of `zoo build` (defaults: the committed models)."""
-
-    seed: int = 0
-    corpus_size: int = 60_000
-    # Build 5 took 94.4 min on the 2-core reference machine, 4.3 min above build 4 with the same steps, and
-    # during build 6 CLIP steps ran another 14% slower (host noise): fewer CLIP, VAE-crop, UNet and oracle
-    # steps keep the build within 90 min on a slow day (build 6: 80.5 min with 3400 UNet steps).
-    clip_steps: int = 820
-    clip_batch: int = 192
-    # VAE: 1500 steps on object-centred 32 px crops (the VAE is fully convolutional), then 500 on full
-    # images; object pixels weighted 5x, plus an image-gradient term. Measured: the oracle recognises
-    # the object in 92% of reconstructions (zebra stripes kept), against 56% for the plain 1000-step
-    # L1+MSE VAE of the first build.
-    vae_steps: int = 2000
-    vae_batch: int = 32
-    vae_crop_steps: int = 1500
-    vae_crop_batch: int = 64
-    vae_object_weight: float = 4.0  # extra reconstruction weight on (dilated) object pixels
-    unet_steps: int = 3600
-    unet_batch: int = 64
-    unet_lr: float = 6e-4
-    unet_object_weight: float = 4.0  # extra loss weight on latent pixels covered by the object mask
-    caption_dropout: float = 0.1
-    # 9-channel inpainting UNet (latents + repaint mask + masked-image latents), fine-tuned from the
-    # text-to-image UNet as SD's inpainting model was; 0 = none (inpainting by latent blending). On build 7's
-    # checkpoints 600 steps at batch 32 (271 s) keep the object 0.986 and the bird under "a photo of a bird"
-    # 0.917, where latent blending keeps 0.986 / 0.688 (batch 64, 543 s: 1.000 / 0.917).
-    inpaint_steps: int = 600
-    inpaint_batch: int = 32
-    inpaint_lr: float = 3e-4
-    # Extra loss weight on the repainted latent cells within `inpaint_ring` cells of the kept object, where a
-    # generator that extends the object paints its second one (a small share of the plain loss).
-    inpaint_ring_weight: float = 0.0
-    inpaint_ring: int = 2
-    oracle_steps: int = 500  # 650 gave 1.000 on fresh renders in builds 6 and 7; the time goes to the inpainting UNet
-    oracle_batch: int = 128
-    # The task models' "ImageNet": small_cnn pretrained to name the object on web-corpus images. From
-    # scratch on a spurious train split a CNN learns no object features at all (measured: 128 real OOD
-    # images then lift waterbirds-synth worst-group accuracy to 0-33%; from this backbone to 63%).
-    backbone_images: int = 20_000
-    backbone_epochs: int = 3
-    # bf16 autocast for the convolutional models (VAE, UNet, oracle) where the CPU has native bf16
-    # ("auto"). Measured on 2 AVX512-BF16 cores, seconds per step: VAE 0.45 -> 0.27, UNet 0.84 -> 0.66,
-    # oracle 1.51 -> 0.47 (with channels_last); CLIP 0.74 -> 0.74, so it stays in float32. Without
-    # native bf16 the emulation is many times slower: "auto" then means float32.
-    bf16: str = "auto"  # "auto", "on" or "off"
-    # Where to train. The committed models and their timings are from "cpu"; on "cuda" the same recipe
-    # (same batches, seeds on the CPU) gives different weights: float rounding differs between devices.
-    device: str = "cpu"
-
-
-def use_bf16(recipe: ZooRecipe) -> bool:
-    if recipe.bf16 == "auto":
-        if recipe.device.startswith("cuda"):
-            return torch.cuda.is_bf16_supported()
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return recipe.bf16 == "on"
-
-
 def clip_pixels(images_pm1: torch.Tensor) -> torch.Tensor:
     return ((images_pm1 + 1) / 2 - CLIP_MEAN) / CLIP_STD
-
-
-class Tokenize:
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self._one = lru_cache(maxsize=200_000)(self._ids)
-
-    def _ids(self, text: str) -> tuple[int, ...]:
-        return tuple(self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                    truncation=True).input_ids)
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        return torch.tensor([self._one(t) for t in texts])
-
-
-def _batch_rng(seed: int, stage: int, step: int) -> np.random.Generator:
-    return np.random.default_rng([seed, stage, step])
 
 
 def caption_match(caps: list[Caption], corpus: Corpus, idx: np.ndarray) -> torch.Tensor:
@@ -126,7 +48,7 @@ def train_clip(corpus: Corpus, tokenizer, recipe: ZooRecipe, work: Path, log_fil
     tok = Tokenize(tokenizer)
 
     def step_fn(step):
-        rng = _batch_rng(recipe.seed, 1, step)
+        rng = batch_rng(recipe.seed, 1, step)
         idx = rng.integers(0, len(corpus), recipe.clip_batch)
         caps = corpus.captions(idx, rng)
         ids = tok([c.text for c in caps])
@@ -177,7 +99,7 @@ def train_vae(corpus: Corpus, recipe: ZooRecipe, work: Path, log_file: Path):
     masks = torch.from_numpy(corpus.masks)
 
     def step_fn(step):
-        rng = _batch_rng(recipe.seed, 2, step)
+        rng = batch_rng(recipe.seed, 2, step)
         crop = step < recipe.vae_crop_steps
         idx = rng.integers(0, len(corpus), recipe.vae_crop_batch if crop else recipe.vae_batch)
         x = corpus.image_batch(idx)
@@ -213,115 +135,6 @@ def encode_latents(vae, corpus: Corpus, batch: int = 500, bf16: bool = False) ->
     return torch.cat(out)
 
 
-class _NoisePrediction:
-    """The diffusers noise-prediction objective with caption dropout (for CFG) and min-SNR-5
-    weighting, shared by the text-to-image and the inpainting UNet."""
-
-    def __init__(self, corpus: Corpus, text_encoder, tokenizer, recipe: ZooRecipe):
-        self.corpus, self.text_encoder, self.recipe = corpus, text_encoder, recipe
-        self.sched = train_scheduler()
-        self.snr = self.sched.alphas_cumprod / (1 - self.sched.alphas_cumprod)
-        self.tok = Tokenize(tokenizer)
-        text_encoder.requires_grad_(False)
-
-    def text(self, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        c = self.corpus.captions(idx, rng)
-        texts = [x.text if rng.random() >= self.recipe.caption_dropout else "" for x in c]
-        with torch.no_grad():
-            return self.text_encoder(self.tok(texts).to(self.recipe.device))[0]
-
-    def loss(self, model, z0: torch.Tensor, cond: torch.Tensor, rng: np.random.Generator,
-             extra: torch.Tensor | None = None, pixel_w: torch.Tensor | float = 1.0) -> torch.Tensor:
-        g = torch.Generator().manual_seed(int(rng.integers(1 << 62)))  # noise drawn on the CPU: any device
-        dev = self.recipe.device
-        noise = torch.randn(z0.shape, generator=g).to(dev)
-        t = torch.randint(0, self.sched.config.num_train_timesteps, (len(z0),), generator=g)
-        w = (torch.clamp(self.snr[t], max=5.0) / self.snr[t]).to(dev)
-        t, z0 = t.to(dev), z0.to(dev)
-        x = self.sched.add_noise(z0, noise, t)
-        pred = model(x if extra is None else torch.cat([x, extra], 1), t, cond).sample.float()
-        return (w * ((pred - noise).pow(2) * pixel_w).mean((1, 2, 3))).mean()
-
-
-def train_unet(corpus: Corpus, latents: torch.Tensor, text_encoder, tokenizer, recipe: ZooRecipe, work: Path,
-               log_file: Path):
-    """The text-to-image UNet, with object pixels weighted up."""
-    unet = make_unet(recipe.seed).to(recipe.device)
-    ema = EMA(unet, 0.999)
-    objective = _NoisePrediction(corpus, text_encoder, tokenizer, recipe)
-    # Objects cover a few percent of the image, so the plain loss is dominated by backgrounds.
-    obj_cover = F.avg_pool2d(torch.from_numpy(corpus.masks).float()[:, None] / 255, 4)
-
-    def step_fn(step):
-        rng = _batch_rng(recipe.seed, 3, step)
-        idx = rng.integers(0, len(corpus), recipe.unet_batch)
-        cond = objective.text(idx, rng)
-        pixel_w = (1 + recipe.unet_object_weight * obj_cover[idx]).to(recipe.device)
-        return {"loss": objective.loss(unet, latents[idx], cond, rng, pixel_w=pixel_w)}
-
-    train_loop("unet", unet, unet.parameters(), step_fn, recipe.unet_steps, lr=recipe.unet_lr, ckpt=work / "unet.pt",
-               warmup=200, ema=ema, log_file=log_file, ckpt_every=100, bf16=use_bf16(recipe))
-    unet.load_state_dict(ema.state_dict())
-    return unet.eval()
-
-
-def _repaint_masks(object_masks: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Repaint masks (1 = repaint) for inpainting training: mostly "keep the object, repaint the rest"
-    (how advprompts inpaints), some random boxes and some whole images, as SD's inpainting training."""
-    keep = (object_masks > 0.5).float()
-    n, _, h, w = keep.shape
-    boxes = torch.zeros_like(keep)
-    for i in range(n):
-        bh, bw = rng.integers(h // 4, h, 2)
-        r, c = rng.integers(0, h - bh + 1), rng.integers(0, w - bw + 1)
-        boxes[i, :, r:r + bh, c:c + bw] = 1
-    kind = torch.from_numpy(rng.choice(3, n, p=[0.75, 0.15, 0.1])).view(n, 1, 1, 1)
-    return torch.where(kind == 0, 1 - keep, torch.where(kind == 1, boxes, torch.ones_like(keep)))
-
-
-def ring_weights(repaint: torch.Tensor, ring: int, weight: float) -> torch.Tensor:
-    """Loss weights (1 + `weight`) on repainted cells within `ring` cells (Chebyshev) of a kept one, else 1."""
-    near_kept = F.max_pool2d(1 - repaint, 2 * ring + 1, 1, ring)
-    return 1 + weight * near_kept * repaint
-
-
-def train_inpaint_unet(corpus: Corpus, latents: torch.Tensor, vae, unet, text_encoder, tokenizer, recipe: ZooRecipe,
-                       work: Path, log_file: Path):
-    """The 9-channel inpainting UNet, from the text-to-image UNet with zero-initialised extra input
-    channels: unlike latent blending it sees what is kept (meant against a second object painted
-    beside the kept one; measured with 600 steps: no clear gain, see docs/zoo-builds.md)."""
-    inpaint = make_unet(recipe.seed, in_channels=9)
-    state = {k: v.clone() for k, v in unet.state_dict().items()}
-    w = state["conv_in.weight"]
-    state["conv_in.weight"] = torch.cat([w, torch.zeros(w.shape[0], 5, *w.shape[2:])], 1)
-    inpaint.load_state_dict(state)
-    inpaint.to(recipe.device)
-    ema = EMA(inpaint, 0.999)
-    objective = _NoisePrediction(corpus, text_encoder, tokenizer, recipe)
-    vae.requires_grad_(False)
-    masks = torch.from_numpy(corpus.masks)
-    scaling = vae.config.scaling_factor
-
-    def step_fn(step):
-        rng = _batch_rng(recipe.seed, 6, step)
-        idx = rng.integers(0, len(corpus), recipe.inpaint_batch)
-        cond = objective.text(idx, rng)
-        repaint = _repaint_masks(masks[idx].float()[:, None] / 255, rng).to(recipe.device)
-        with torch.no_grad():  # as diffusers' StableDiffusionInpaintPipeline prepares its inputs
-            masked = vae.encode(corpus.image_batch(idx).to(recipe.device) * (repaint < 0.5)).latent_dist.mean.float()
-            masked = masked * scaling
-        mask_latent = F.interpolate(repaint, size=masked.shape[-2:])
-        extra = torch.cat([mask_latent, masked], 1)
-        pixel_w = ring_weights(mask_latent, recipe.inpaint_ring, recipe.inpaint_ring_weight)
-        return {"loss": objective.loss(inpaint, latents[idx], cond, rng, extra=extra, pixel_w=pixel_w)}
-
-    train_loop("inpaint", inpaint, inpaint.parameters(), step_fn, recipe.inpaint_steps, lr=recipe.inpaint_lr,
-               ckpt=work / "inpaint_unet.pt", warmup=100, ema=ema, log_file=log_file, ckpt_every=100,
-               bf16=use_bf16(recipe))
-    inpaint.load_state_dict(ema.state_dict())
-    return inpaint.eval()
-
-
 def train_task_backbone(corpus: Corpus, recipe: ZooRecipe, work: Path) -> dict:
     """small_cnn trained to name the object (13 ways) on web-corpus images; returns the network's
     state dict without its classifier head."""
@@ -353,7 +166,7 @@ def train_oracle(corpus: Corpus, recipe: ZooRecipe, work: Path, log_file: Path) 
     oracle = (Oracle().to(memory_format=torch.channels_last) if bf16 else Oracle()).to(recipe.device)
 
     def step_fn(step):
-        rng = _batch_rng(recipe.seed, 4, step)
+        rng = batch_rng(recipe.seed, 4, step)
         idx = rng.integers(0, len(corpus), recipe.oracle_batch)
         x = corpus.image_batch(idx)
         g = torch.Generator().manual_seed(step)

@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from advprompts.cli.commands import PromptBatch
+
 
 def main(
     config: Annotated[str, typer.Option("--config", "-c", help="Experiment preset (waterbirds-synth, ...) or YAML.")],
@@ -17,8 +19,9 @@ def main(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. seeds=[0] (YAML value).")] = None,
     methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated subset of the methods.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the experiment in --out.")] = False,
+    prompt_batch: PromptBatch = None,
 ) -> None:
     from advprompts.experiments.session import run_and_report
 
     run_and_report(config, out, overrides=set_ or [], methods=methods.split(",") if methods else None,
-                   overwrite=overwrite, echo=typer.echo)
+                   overwrite=overwrite, echo=typer.echo, prompt_batch=prompt_batch)

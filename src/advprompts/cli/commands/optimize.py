@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from advprompts.cli.commands import PromptBatch
+
 
 def main(
     config: Annotated[str, typer.Option("--config", "-c", help="YAML config file or preset name.")],
@@ -19,6 +21,7 @@ def main(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoints.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run in --out.")] = False,
     shard: Annotated[Optional[str], typer.Option("--shard", help="i/n: train every n-th prompt starting at i.")] = None,
+    prompt_batch: PromptBatch = None,
 ) -> None:
     from advprompts.config.presets import load_config
     from advprompts.shards import parse_shard
@@ -26,7 +29,7 @@ def main(
 
     parse_shard(shard)  # reject a bad --shard before loading anything
     cfg = load_config(config, set_ or [])
-    result = optimize(cfg, out, resume=resume, overwrite=overwrite, shard=shard)
+    result = optimize(cfg, out, resume=resume, overwrite=overwrite, shard=shard, prompt_batch=prompt_batch)
     for p in result.prompts:
         losses = ", ".join(f"{k}={v:.4g}" for k, v in p.losses.items() if k != "seconds")
         typer.echo(f"{p.file}  steps={p.steps}{' (early stop)' if p.stopped_early else ''}  {losses}")

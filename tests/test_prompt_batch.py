@@ -1,0 +1,103 @@
+"""Batched prompt optimisation: each prompt of a batch moves as it would alone, and leaves when it stops."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from safetensors.torch import load_file
+
+from advprompts.config.presets import load_config
+from advprompts.data import resolve_dataset
+from advprompts.losses import LossInputs, LossResources, LossTerm, register_loss
+from advprompts.optim.batch import batch_size, train_step
+from advprompts.optim.job import PromptRun, RunContext, jobs_of
+from advprompts.optim.log import OptimLog
+from advprompts.optim.loop import build_losses, optimize
+from advprompts.sampler import Sampler
+from advprompts.tasks.models import load_task_model
+
+
+@register_loss("test_stop_prompt")
+class _StopPrompt(LossTerm):
+    """The images' mean; asks to stop once prompt ``key`` has run step ``at``."""
+
+    def __init__(self, key: str = "s0", at: int = 1):
+        self.key, self.at, self.stop = key, at, False
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        self.stop = inputs.prompt.prefix.endswith(f"-{self.key}") and inputs.step >= self.at
+        return inputs.images.mean()
+
+    def should_stop(self) -> bool:
+        return self.stop
+
+
+def _task():
+    torch.manual_seed(0)
+    return load_task_model("small_cnn", 2)
+
+
+def _first_step_grads(config, comps, out, keys: list[list[str]]) -> dict[str, torch.Tensor]:
+    """Each group of prompt keys takes its first step together; the gradient each prompt got."""
+    comps = copy.deepcopy(comps)
+    dataset = resolve_dataset(config.data.source, image_size=16)
+    losses = build_losses(config)
+    losses.setup(LossResources(components=comps, task_model=_task().eval().requires_grad_(False),
+                               device=torch.device("cpu")))
+    jobs = {job.key: job for job in jobs_of(config, dataset)}
+    grads = {}
+    for n, group in enumerate(keys):
+        folder = out / f"g{n}"
+        folder.mkdir(parents=True)
+        ctx = RunContext(config, comps, Sampler(comps), losses, dataset, torch.device("cpu"), folder,
+                         OptimLog(folder, losses.labels, False, None))
+        runs = [PromptRun(ctx, jobs[key]) for key in group]
+        train_step(ctx, runs)
+        grads.update({run.job.key: run.prompt.embeddings.grad.clone() for run in runs})
+    return grads
+
+
+def test_first_step_gradients_match_one_prompt_at_a_time(tiny, tmp_path):
+    # GAP on inpainting with CFG: the adversarial term (through the sampler), text and image guidance.
+    config = load_config("tiny-gap", ["prompt.seeds=[0, 1]", "losses.0.warmup=0", "log.grad_norm_every=2"])
+    keys = [job.key for job in jobs_of(config, resolve_dataset(config.data.source, image_size=16))]
+    assert len(keys) == 4
+    alone = _first_step_grads(config, tiny, tmp_path / "alone", [[k] for k in keys])
+    together = _first_step_grads(config, tiny, tmp_path / "together", [keys])
+    for key in keys:
+        assert alone[key].abs().sum() > 0
+        torch.testing.assert_close(together[key], alone[key], rtol=1e-5, atol=1e-5)
+
+
+def test_a_stopped_prompt_leaves_the_batch_and_the_next_joins(tiny, tmp_path):
+    stop = "losses=[{name: test_stop_prompt, params: {key: s0, at: 1}}]"
+    config = load_config("tiny-ap", ["prompt.seeds=[0, 1, 2]", "optim.steps=4", "log.tensorboard=false",
+                                     "log.sample_every=0", stop])
+    calls, results = [], {}
+    for batch in (None, 2):
+        seen = []
+        res = optimize(config, tmp_path / f"b{batch}", components=copy.deepcopy(tiny), task_model=_task(),
+                       on_step=lambda key, step, values: seen.append((key, step)), prompt_batch=batch)
+        calls.append(seen)
+        results[batch] = res
+    alone, together = calls
+    assert alone == [("s0", 0), ("s0", 1), *[("s1", i) for i in range(4)], *[("s2", i) for i in range(4)]]
+    # s0 runs its first step alone (memory probe), then with s1; it stops after step 1 and s2 takes its place.
+    assert together == [("s0", 0), ("s0", 1), ("s1", 0), ("s1", 1), ("s2", 0), ("s1", 2), ("s2", 1),
+                        ("s1", 3), ("s2", 2), ("s2", 3)]
+    for a, b in zip(results[None].prompts, results[2].prompts):
+        assert (a.key, a.steps, a.stopped_early) == (b.key, b.steps, b.stopped_early)
+        torch.testing.assert_close(load_file(b.file), load_file(a.file), rtol=1e-5, atol=1e-5)
+    logs = [(tmp_path / f"b{b}" / "log.csv").read_text().splitlines() for b in (None, 2)]
+    assert [row.split(",")[:2] for row in logs[0]] == [row.split(",")[:2] for row in logs[1]]  # same rows, same order
+
+
+def test_batch_size_is_capped_by_free_memory(monkeypatch):
+    import advprompts.optim.batch as batch
+
+    monkeypatch.setattr(batch, "free_memory", lambda device: 10_000)
+    assert batch_size(8, 1_000, torch.device("cpu")) == 8
+    assert batch_size(8, 3_000, torch.device("cpu")) == 2   # 80% of 10 kB holds two 3 kB steps
+    assert batch_size(8, 50_000, torch.device("cpu")) == 1  # never below one prompt
+    assert batch_size(8, 0, torch.device("cpu")) == 8       # nothing measured: as asked
