@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import csv
 
-import pytest
 import yaml
 
 from advprompts.experiments.loop import run_loop
 from advprompts.experiments.report import loop_table
 from advprompts.experiments.runner import ExperimentRunner
-from advprompts.world.benchmarks import Benchmark, export_benchmark
-from test_experiments import SMALL_BENCH, _config
-
-
-@pytest.fixture(scope="module")
-def bench_dir(tmp_path_factory):
-    return export_benchmark(Benchmark(**SMALL_BENCH), tmp_path_factory.mktemp("bench") / "mini-birds")
+from test_experiments import _config, bench_dir  # noqa: F401 (bench_dir: the shared fixture)
 
 
 def _rows(pool_dir):

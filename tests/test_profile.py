@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-
-import pytest
-
 from advprompts.experiments.profile import COLUMNS, StageProfile
 from advprompts.experiments.runner import ExperimentRunner
-from advprompts.world.benchmarks import Benchmark, export_benchmark
-from test_experiments import SMALL_BENCH, _config
-
-
-@pytest.fixture(scope="module")
-def bench_dir(tmp_path_factory):
-    return export_benchmark(Benchmark(**SMALL_BENCH), tmp_path_factory.mktemp("bench") / "mini-birds")
+from advprompts.fsio import read_csv
+from test_experiments import _config, bench_dir  # noqa: F401 (bench_dir: the shared fixture)
 
 
 def _rows(out):
-    with open(out / "profile.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(out / "profile.csv")
 
 
 def test_experiment_writes_every_stage_and_a_resume_marks_reused_ones_cached(bench_dir, tmp_path, tiny):
