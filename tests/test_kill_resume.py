@@ -66,10 +66,10 @@ POINTS = [
     ("experiment", "cell", 0, "before", "*", r"/cells/|results\.csv"),
     ("data-export", "torn-image", 0, "torn", "open", r"/images/"),
     ("data-export", "anywhere", 0, "before", "*", r""),
-    ("zoo-build", "torn-backbone", 0, "torn", "save", r"^work/backbone"),  # the last stage: the rerun trains no other
+    ("zoo-build", "torn-backbone", 0, "torn", "open", r"^work/\.backbone"),  # the last stage: the rerun trains no other
 ]
 SLOW_POINTS = [  # ADVPROMPTS_SLOW=1: more zoo builds, and the optimisation inside an experiment
-    ("zoo-build", "torn-latents", 0, "torn", "save", r"^work/latents"),
+    ("zoo-build", "torn-latents", 0, "torn", "open", r"^work/\.latents"),
     ("zoo-build", "saving", 0, "before", "*", r"^out/"),
     ("experiment", "torn-prompts", 0, "torn", "*", r"/prompts/"),
 ]

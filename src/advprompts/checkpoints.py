@@ -13,11 +13,16 @@ writes leaves a JSON naming the previous safetensors' hash; such a torn (or half
 loaded: the prompt restarts from scratch (same result, seeded per step) with a warning. Nothing here
 unpickles; a checkpoint of an older version (``<key>.pt``, pickle) is read with ``weights_only=True``
 (tensors, plain containers and numpy arrays only) or, failing that, ignored.
+
+The training loops' files are written here too, atomically: weights as a safetensors state dict
+(:func:`save_weights`, the format of every weights file advprompts ships) and a resumable training state
+(:func:`save_torch` / :func:`load_torch`, torch's zip format read with ``weights_only``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import random
@@ -29,10 +34,30 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from advprompts.errors import ConfigError
-from advprompts.rundir import atomic_write_bytes, atomic_write_text
+from advprompts.fsio import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
 FORMAT, VERSION = "advprompts-checkpoint", 1
+
+
+def save_weights(path: str | Path, state: dict[str, torch.Tensor]) -> Path:
+    """Write a state dict as safetensors, atomically (the same bytes as ``safetensors.torch.save_file``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save_safetensors({k: v.detach().contiguous() for k, v in state.items()}))
+    return path
+
+
+def save_torch(path: str | Path, obj) -> None:
+    """``torch.save`` ``obj`` atomically: a run killed while writing leaves the previous file whole."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_torch(path: str | Path, device: torch.device | str | None = None):
+    """A :func:`save_torch` file: tensors and plain containers only, no pickled code runs."""
+    return torch.load(path, weights_only=True, map_location=device)
 
 
 def checkpoint_paths(folder: Path, key: str) -> tuple[Path, Path]:

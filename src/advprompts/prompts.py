@@ -24,7 +24,9 @@ from safetensors.torch import load_file, save_file
 
 from advprompts.errors import ConfigError, DataError
 from advprompts.rundir import atomic_write_text
+from advprompts.text_encoding import encode_text, pool_text
 
+__all__ = ["INITS", "LearnablePrompt", "check_init", "check_prompt_args", "encode_text", "pool_text"]
 logger = logging.getLogger(__name__)
 
 INITS = ("vocab-gaussian", "vocab-gaussian-cov", "random", "word:<initializer>")
@@ -65,39 +67,6 @@ def check_init(init: str) -> None:
     if init in INITS[:3] or (init.startswith("word:") and len(init) > 5):
         return
     raise ConfigError(f"prompt init {init!r} is unknown; expected one of {', '.join(INITS)}")
-
-
-def encode_text(tokenizer, text_encoder, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode texts as diffusers' pipelines do (padded to ``model_max_length``, no attention mask).
-
-    Returns:
-        ``(last_hidden_state (B, L, D), input_ids (B, L))``; differentiable w.r.t. every
-        :class:`LearnablePrompt` attached to ``text_encoder``.
-    """
-    ids = tokenizer(
-        list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(text_encoder.device)
-    mask = None
-    if getattr(text_encoder.config, "use_attention_mask", False):
-        mask = (ids != tokenizer.pad_token_id).long()
-    return text_encoder(ids, attention_mask=mask)[0], ids
-
-
-def pool_text(hidden: torch.Tensor, input_ids: torch.Tensor, eos_id: int, pooling: str = "eos") -> torch.Tensor:
-    """Pool token states into one vector per text.
-
-    ``eos``: the state at the first end-of-text token (the CLIP text embedding before projection;
-    computed here because CLIP's own pooler picks the highest id, which is a placeholder once tokens
-    are added). ``mean``: mean over the tokens up to and including that first end-of-text token.
-    """
-    first_eos = (input_ids == eos_id).int().argmax(dim=-1)
-    if pooling == "eos":
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), first_eos]
-    if pooling == "mean":
-        keep = torch.arange(input_ids.shape[1], device=hidden.device)[None] <= first_eos[:, None]
-        return (hidden * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
-    raise ConfigError(f"text pooling {pooling!r} is unknown; expected 'eos' or 'mean'")
 
 
 class LearnablePrompt(torch.nn.Module):

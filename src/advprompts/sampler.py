@@ -25,8 +25,8 @@ from torch.utils.checkpoint import checkpoint
 from advprompts.config.schema import LatentMask
 from advprompts.errors import ConfigError
 from advprompts.models.components import Components
-from advprompts.prompts import encode_text
 from advprompts.sampler_inputs import ROLLOUT_DEFAULTS, RolloutOutput, RolloutState, check_batchable, start_step
+from advprompts.text_encoding import encode_text
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Composable loss terms; importing this package registers the built-in ones."""
 
-from advprompts.losses import adversarial, guidance, label  # noqa: F401  (registration side effect)
+from advprompts.losses import adversarial, guidance, image_guidance, label  # noqa: F401  (registration side effect)
 from advprompts.losses.registry import (
     LossInputs,
     LossResources,

@@ -63,7 +63,8 @@ def component_times(config, comps, clip_spec: str | None, task, data, device, re
     """Isolated forward/backward seconds of every network call in one step of ``config``."""
     from advprompts.data import collate
     from advprompts.models.loading import load_clip
-    from advprompts.prompts import LearnablePrompt, encode_text
+    from advprompts.prompts import LearnablePrompt
+    from advprompts.text_encoding import encode_text
 
     s, b = config.sampler, config.optim.batch_size
     rows = 2 * b if s.guidance_scale > 1 else b

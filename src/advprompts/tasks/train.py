@@ -237,11 +237,6 @@ def macro_f1(predicted: np.ndarray, labels: np.ndarray) -> float:
 
 def save_task_weights(model: torch.nn.Module, path: str | Path) -> Path:
     """Save a TaskModel's network weights as safetensors, atomically."""
-    from safetensors.torch import save_file
+    from advprompts.checkpoints import save_weights
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.safetensors")
-    save_file({k: v.detach().contiguous() for k, v in model.net.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-    return path
+    return save_weights(path, model.net.state_dict())

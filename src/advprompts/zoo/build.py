@@ -21,16 +21,17 @@ from pathlib import Path
 
 import torch
 
+from advprompts.checkpoints import load_torch, save_torch, save_weights
 from advprompts.errors import ConfigError
 from advprompts.fsio import read_json, remove_stale_temp_files, sha256
 from advprompts.hardware import cpu_name
+from advprompts.models.loading import CLIP_MEAN, CLIP_STD
 from advprompts.rundir import atomic_write_text
 from advprompts.zoo.architectures import sample_scheduler
 from advprompts.zoo.corpus import render_corpus
 from advprompts.zoo.tokenizer import write_tokenizer_files
 from advprompts.zoo.recipe import Tokenize, ZooRecipe, use_bf16
-from advprompts.zoo.trainers import (CLIP_MEAN, CLIP_STD, encode_latents, train_clip, train_oracle,
-                                     train_task_backbone, train_vae)
+from advprompts.zoo.trainers import encode_latents, train_clip, train_oracle, train_task_backbone, train_vae
 from advprompts.zoo.unet_trainers import train_inpaint_unet, train_unet
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def save_models(out: Path, clip, tokenizer, vae, unet, oracle, dtype: torch.dtyp
         load_as_float32(folder / "config.json")
     tokenizer.save_pretrained(out / "clip")
     CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
-                       image_mean=CLIP_MEAN.flatten().tolist(), image_std=CLIP_STD.flatten().tolist()
+                       # float32-rounded, as the shipped preprocessor_config.json holds them
+                       image_mean=torch.tensor(CLIP_MEAN).tolist(), image_std=torch.tensor(CLIP_STD).tolist()
                        ).save_pretrained(out / "clip")
     oracle.save(out / "oracle")
     clip.float()
@@ -139,18 +141,15 @@ def _cached_latents(vae, corpus, recipe: ZooRecipe, work: Path) -> torch.Tensor:
     """The corpus' VAE latents (unscaled), encoded once per work folder."""
     lat_file = work / "latents.pt"
     if lat_file.exists():
-        return torch.load(lat_file, weights_only=True)
+        return load_torch(lat_file)
     latents = encode_latents(vae, corpus, bf16=use_bf16(recipe))
-    tmp = lat_file.with_suffix(".tmp")  # renamed into place: a torn latents.pt would fail every rerun
-    torch.save(latents, tmp)
-    tmp.replace(lat_file)
+    save_torch(lat_file, latents)  # atomic: a torn latents.pt would fail every rerun
     return latents
 
 
 def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | None = None,
           dtype: torch.dtype = torch.float16) -> Path:
     """Train every embedded model and write them to `out` (resumable via `work`)."""
-    from safetensors.torch import save_file
     from transformers import CLIPTokenizer
 
     from advprompts.device import resolve_device
@@ -189,8 +188,7 @@ def build(out: Path, work: Path, recipe: ZooRecipe = ZooRecipe(), bpe: Path | No
         save_models(out, clip, tokenizer, vae, unet, oracle, dtype)
         if inpaint_unet is not None:  # sd/unet_inpaint: swap it into StableDiffusionInpaintPipeline
             inpaint_unet.to("cpu", dtype=dtype).save_pretrained(out / "sd" / "unet_inpaint", safe_serialization=True)
-        (out / "task").mkdir(exist_ok=True)
-        save_file(backbone, str(out / "task" / "small_cnn.safetensors"))
+        save_weights(out / "task" / "small_cnn.safetensors", backbone)
     times = timer.summary()
     remove_stale_temp_files(out)  # a killed build's, which the manifest would list
     write_manifest(out, recipe, {"build_times_s": times, "bf16_autocast": use_bf16(recipe),

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
+from advprompts.checkpoints import save_weights
 from advprompts.zoo.corpus import NO_OBJECT, OBJECT_NAMES, PLACE_NAMES
 
 
@@ -57,8 +58,7 @@ class Oracle(nn.Module):
         return {k: np.concatenate(v) for k, v in outs.items()}
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, folder / "model.safetensors")
+        save_weights(folder / "model.safetensors", self.state_dict())
         (folder / "config.json").write_text(json.dumps({"objects": OBJECT_NAMES + ["none"], "places": PLACE_NAMES},
                                                        indent=2))
 

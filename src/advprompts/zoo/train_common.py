@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from advprompts.checkpoints import load_torch, save_torch
+
 logger = logging.getLogger(__name__)
 
 
@@ -57,7 +59,7 @@ def train_loop(name: str, model: torch.nn.Module, params, step_fn: Callable[[int
     device = next(model.parameters()).device
     start, elapsed = 0, 0.0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True, map_location=device)  # no pickle code on load
+        state = load_torch(ckpt, device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         if ema is not None:
@@ -95,6 +97,4 @@ def train_loop(name: str, model: torch.nn.Module, params, step_fn: Callable[[int
                      "elapsed": time.time() - t0}
             if ema is not None:
                 state["ema"] = ema.state_dict()
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save(state, tmp)
-            tmp.replace(ckpt)
+            save_torch(ckpt, state)

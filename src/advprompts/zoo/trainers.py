@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from advprompts.checkpoints import save_weights
+from advprompts.models.loading import CLIP_MEAN, CLIP_STD
 from advprompts.zoo.architectures import make_clip, make_vae
 from advprompts.world.captions import Caption
 from advprompts.zoo.corpus import Corpus
@@ -23,12 +25,11 @@ from advprompts.zoo.train_common import train_loop
 
 logger = logging.getLogger(__name__)
 
-CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+_MEAN, _STD = (torch.tensor(v).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
 
 
 def clip_pixels(images_pm1: torch.Tensor) -> torch.Tensor:
-    return ((images_pm1 + 1) / 2 - CLIP_MEAN) / CLIP_STD
+    return ((images_pm1 + 1) / 2 - _MEAN) / _STD
 
 
 def caption_match(caps: list[Caption], corpus: Corpus, idx: np.ndarray) -> torch.Tensor:
@@ -138,7 +139,7 @@ def encode_latents(vae, corpus: Corpus, batch: int = 500, bf16: bool = False) ->
 def train_task_backbone(corpus: Corpus, recipe: ZooRecipe, work: Path) -> dict:
     """small_cnn trained to name the object (13 ways) on web-corpus images; returns the network's
     state dict without its classifier head."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from advprompts.tasks.models import load_task_model
     from advprompts.tasks.train import Tensors, TrainRecipe, train_classifier
@@ -153,10 +154,8 @@ def train_task_backbone(corpus: Corpus, recipe: ZooRecipe, work: Path) -> dict:
                                  TrainRecipe(epochs=recipe.backbone_epochs, lr=3e-3, batch_size=128), seed=recipe.seed,
                                  progress=True, desc="task backbone")
         head = f"{len(model.net) - 1}."  # the final Linear: the benchmark's task gets a new one
-        state = {k: v.cpu().contiguous() for k, v in model.net.state_dict().items() if not k.startswith(head)}
-        tmp = path.with_suffix(".tmp")  # renamed into place: a torn file would fail every rerun
-        save_file(state, str(tmp))
-        tmp.replace(path)
+        # Atomic: a torn file would fail every rerun.
+        save_weights(path, {k: v.cpu() for k, v in model.net.state_dict().items() if not k.startswith(head)})
     return load_file(str(path))
 
 
