@@ -9,8 +9,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from advprompts.errors import ConfigError, DataError
-from advprompts.prompts import LearnablePrompt, encode_text, pool_text
+from advprompts.prompts import LearnablePrompt
 from advprompts.sampler import Sampler
+from advprompts.text_encoding import encode_text, pool_text
 from conftest import source_batch
 
 

@@ -12,8 +12,8 @@ import textwrap
 import pytest
 
 from advprompts.errors import AdvPromptsError, OutputLockedError
-from advprompts.rundir import (LOCK_NAME, held_locks, lock_run_dir, prepare_run_dir, release_run_dir,
-                               releases_run_dir)
+from advprompts.rundir import prepare_run_dir
+from advprompts.runlock import LOCK_NAME, held_locks, lock_run_dir, release_run_dir, releases_run_dir
 
 # A second process: takes the folder's lock as prepare_run_dir does (shard given or not), says so, sleeps.
 HOLDER = textwrap.dedent("""

@@ -23,10 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from advprompts.errors import ConfigError, DataError
-from advprompts.rundir import atomic_write_text
-from advprompts.text_encoding import encode_text, pool_text
+from advprompts.fsio import atomic_write_text
 
-__all__ = ["INITS", "LearnablePrompt", "check_init", "check_prompt_args", "encode_text", "pool_text"]
 logger = logging.getLogger(__name__)
 
 INITS = ("vocab-gaussian", "vocab-gaussian-cov", "random", "word:<initializer>")

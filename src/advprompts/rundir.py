@@ -13,13 +13,8 @@ from pathlib import Path
 import yaml
 
 from advprompts.errors import OutputExistsError
-from advprompts.fsio import atomic_write_bytes, atomic_write_text, check_writable
-from advprompts.fsio import remove_stale_temp_files, temp_file_pid
-from advprompts.runlock import LOCK_NAME, held_locks, is_lock_file, lock_run_dir, release_run_dir, releases_run_dir
-
-# The writers and the locks are imported from here too.
-__all__ = ["LOCK_NAME", "atomic_write_bytes", "atomic_write_text", "check_writable", "held_locks", "is_lock_file",
-           "lock_run_dir", "prepare_run_dir", "release_run_dir", "releases_run_dir"]
+from advprompts.fsio import check_writable, remove_stale_temp_files, temp_file_pid
+from advprompts.runlock import is_lock_file, lock_run_dir
 logger = logging.getLogger(__name__)
 
 

@@ -69,7 +69,7 @@ def write_dataset_card(out: str | Path, columns: list[str], rows: list[dict], cl
     ``class_label=False`` keeps ``label`` an integer (text-to-image sets, whose label is a constant 0).
     """
     from advprompts import __version__
-    from advprompts.rundir import atomic_write_text
+    from advprompts.fsio import atomic_write_text
 
     label_names = class_label_names(rows, class_names) if class_label and "label" in columns else None
     header = {"configs": [{

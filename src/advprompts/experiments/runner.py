@@ -32,7 +32,8 @@ from advprompts.experiments.pools import (augment_pool, dataset_labels, fresh_te
                                           real_pool)
 from advprompts.experiments.profile import StageProfile
 from advprompts.fsio import read_json, write_csv
-from advprompts.rundir import atomic_write_text, prepare_run_dir
+from advprompts.fsio import atomic_write_text
+from advprompts.rundir import prepare_run_dir
 from advprompts.tasks.train import Tensors, evaluate, load_tensors, save_task_weights, train_classifier
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ import torch
 from advprompts.config.schema import GenerateConfig
 from advprompts.fsio import atomic_write_text
 from advprompts.generate.output import GenerateResult, Rows, Writer, image_seed, to_uint8
-from advprompts.rundir import prepare_run_dir, releases_run_dir
+from advprompts.rundir import prepare_run_dir
+from advprompts.runlock import releases_run_dir
 from advprompts.shards import launch_device, launch_state, open_run, resolve_shard
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,9 @@ from advprompts.losses.assignment import check_rankable, rank_descriptions, rank
 from advprompts.optim.batch import draw_call, loss_inputs, step_generator, train_all
 from advprompts.optim.job import PromptResult, PromptRun, RunContext, jobs_of
 from advprompts.optim.log import OptimLog, require_tensorboard
-from advprompts.rundir import atomic_write_bytes, prepare_run_dir, releases_run_dir
+from advprompts.fsio import atomic_write_bytes
+from advprompts.rundir import prepare_run_dir
+from advprompts.runlock import releases_run_dir
 from advprompts.sampler import Sampler
 from advprompts.sampler_inputs import AUTOCAST
 from advprompts.shards import launch_device, launch_state, parse_shard, resolve_shard

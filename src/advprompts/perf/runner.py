@@ -95,7 +95,7 @@ def run_benchmark(suite: str = "full", json_path: str | Path | None = None, *, t
     res["wall_s"] = time.perf_counter() - t0
     res = _clean(res)
     if json_path is not None:
-        from advprompts.rundir import atomic_write_text
+        from advprompts.fsio import atomic_write_text
 
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json_path, json.dumps(res, indent=2))

@@ -26,7 +26,7 @@ from advprompts.errors import ConfigError
 from advprompts.fsio import read_json, remove_stale_temp_files, sha256
 from advprompts.hardware import cpu_name
 from advprompts.models.loading import CLIP_MEAN, CLIP_STD
-from advprompts.rundir import atomic_write_text
+from advprompts.fsio import atomic_write_text
 from advprompts.zoo.architectures import sample_scheduler
 from advprompts.zoo.corpus import render_corpus
 from advprompts.zoo.tokenizer import write_tokenizer_files
