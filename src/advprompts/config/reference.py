@@ -42,7 +42,8 @@ _FALLBACK = {
     "ExperimentConfig.generation": "how pools are generated from the train split (see `GenerationSettings`)",
     "MethodSpec.kind": "how the extra data is made: no_extra (none), real_ood (real images of ood_split), "
                        "text (fixed prompts), random (random embeddings), optimized (prompts learned with a "
-                       "preset), augment (augmented copies of train images)",
+                       "preset), augment (augmented copies of train images), derived (another method's pool "
+                       "changed by the ablations `label_noise` / `oracle_filter`)",
     "MethodSpec.augment": "augment: which augmentation makes the extra copies",
     "GenerationSettings.steps": "DDIM steps", "GenerationSettings.guidance_scale": "CFG scale",
     "GenerationSettings.strength": "SDEdit strength (1 = start from noise)", "GenerationSettings.eta": "DDIM eta",

@@ -21,6 +21,38 @@ def pool_images(pool_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
     return as_float(data.images), data.labels.numpy()
 
 
+def seen_classes(pred: dict, bench: dict) -> list[str | None]:
+    """The benchmark class of the object the oracle sees in each image (None: an object of no class)."""
+    from advprompts.zoo.corpus import OBJECT_NAMES
+
+    obj_to_class = {(o or "none"): c for c, objs in bench["class_objects"].items() for o in objs}
+    names = OBJECT_NAMES + ["none"]
+    return [obj_to_class.get(names[int(o)]) for o in pred["object"]]
+
+
+def oracle_faithful(pool, bench: dict, oracle) -> np.ndarray:
+    """Whether the oracle sees each pool image's labelled class (``pool``: in-memory Tensors at any size)."""
+    from advprompts.tasks.train import as_float
+
+    images = as_float(pool.images)
+    if images.shape[-1] != 64:  # the oracle's size, as for composition()
+        images = torch.nn.functional.interpolate(images, size=64, mode="bilinear", antialias=True).clamp(0, 1)
+    classes = bench["classes"]
+    seen = seen_classes(oracle.predict(images), bench)
+    return np.array([s == classes[int(y)] for s, y in zip(seen, pool.labels)], dtype=bool)
+
+
+def embedded_oracle(cfg):
+    """The zoo's oracle that judges generated sets, for an experiment on the embedded models (else None)."""
+    from advprompts.zoo.oracle import Oracle
+    from advprompts.zoo.paths import is_embedded, oracle_path
+
+    if not is_embedded(cfg.model):
+        return None
+    path = oracle_path()
+    return Oracle.load(path) if (path / "model.safetensors").is_file() else None
+
+
 def _place_type(place: str) -> str:
     """The place type the groups use: water or land."""
     from advprompts.world.places import PLACES
@@ -33,20 +65,17 @@ def composition(pool_dir: Path, bench: dict, train_groups: set[tuple[str, str]],
     """Fractions of a generated set per (class, place type) as the oracle sees it, the share in
     groups the train split lacks, label faithfulness (the oracle finds the labelled object), the share
     the oracle places at one of ``target_places`` and the share it sees at night."""
-    from advprompts.zoo.corpus import OBJECT_NAMES, PLACE_NAMES
+    from advprompts.zoo.corpus import PLACE_NAMES
 
     images, labels = pool_images(pool_dir)
     pred = oracle.predict(images)
     classes = bench["classes"]
-    obj_to_class = {(o or "none"): c for c, objs in bench["class_objects"].items() for o in objs}
-    names = OBJECT_NAMES + ["none"]
     groups: dict[str, int] = {}
     faithful = missing = at_target = nights = 0
-    for y, o, p, night in zip(labels, pred["object"], pred["place"], pred["night"]):
+    for y, seen, p, night in zip(labels, seen_classes(pred, bench), pred["place"], pred["night"]):
         at_target += PLACE_NAMES[int(p)] in target_places
         nights += bool(night)
         cls = classes[int(y)]
-        seen = obj_to_class.get(names[int(o)])
         faithful += seen == cls
         ptype = _place_type(PLACE_NAMES[int(p)])
         key = f"{seen or 'other'}-{ptype}" + ("-night" if night else "")

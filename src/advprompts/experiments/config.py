@@ -7,7 +7,9 @@ A method is one of a few kinds:
 - ``text``: fixed text prompts (agnostic prompts, ALIA-style target descriptions);
 - ``random``: random vocabulary-Gaussian embeddings, not optimised;
 - ``optimized``: prompts learned by ``advprompts optimize`` with a preset (GP / AP / GAP);
-- ``augment``: CutMix / RandAugment copies of train images.
+- ``augment``: CutMix / RandAugment copies of train images;
+- ``derived``: another method's pool (``pool_of``) changed by ``label_noise`` / ``oracle_filter``: ablations
+  that test what a pool's effect comes from without generating it again.
 """
 
 from __future__ import annotations
@@ -35,8 +37,16 @@ def check_arch(arch: str, what: str) -> str:
     return arch
 
 
+def check_pool_of(name: str, spec: "MethodSpec", methods: dict) -> None:
+    """A derived method's source is another, non-derived method of the same experiment."""
+    src = spec.pool_of
+    if src is not None and (src not in methods or methods[src].kind in ("derived", "no_extra")):
+        raise ValueError(f"method {name!r} takes the pool of {src!r}, which is not a method with a pool among "
+                         f"{', '.join(methods)}; name it in the config (and in --methods)")
+
+
 class MethodSpec(StrictModel):
-    kind: Literal["no_extra", "real_ood", "text", "random", "optimized", "augment"]
+    kind: Literal["no_extra", "real_ood", "text", "random", "optimized", "augment", "derived"]
     prompts: list[str] = []                 # text: prompts ({class} allowed); empty = benchmark's target descriptions
     optimize: str | None = None             # optimized: a RunConfig preset or YAML file
     set: list[str] = []                     # optimized: --set overrides of that preset
@@ -48,6 +58,11 @@ class MethodSpec(StrictModel):
     # optimized: the task architecture the prompts are found against (its base model for the seed);
     # default the experiment's task.arch. With ``transfer`` this separates model-specific data effects.
     adversary: str | None = None
+    pool_of: str | None = None              # derived: the method whose pool this one changes
+    label_noise: float = Field(0.0, ge=0, lt=1)  # ablation: this share of the pool's labels (of every budget's
+                                            # prefix) replaced by a random other class
+    oracle_filter: bool = False             # ablation: keep only the images in which the zoo's oracle (renderer
+                                            # ground truth; embedded models only) sees the labelled class
 
     @field_validator("prompts")
     @classmethod
@@ -64,6 +79,10 @@ class MethodSpec(StrictModel):
             check_arch(self.adversary, "adversary")
         if self.kind == "augment" and self.augment is None:
             raise ValueError("an augment method needs `augment: cutmix | randaugment`")
+        if (self.kind == "derived") != (self.pool_of is not None):
+            raise ValueError("`pool_of` (the method whose pool is reused) goes with `kind: derived`, and only there")
+        if (self.label_noise or self.oracle_filter) and self.kind == "no_extra":
+            raise ValueError("`label_noise` and `oracle_filter` change a pool; no_extra has none")
         return self
 
     @property
@@ -117,6 +136,8 @@ class ExperimentConfig(StrictModel):
             raise ValueError("budgets are fractions of max_extra in (0, 1]")
         for arch in self.transfer:  # checked here, not after the base models are trained
             check_arch(arch, "transfer architecture")
+        for name, spec in self.methods.items():
+            check_pool_of(name, spec, self.methods)
         unknown = [m for m in self.transfer_methods if m not in self.methods]
         if unknown:
             raise ValueError(f"transfer_methods names {unknown[0]!r}, which is not among the methods "
@@ -148,4 +169,9 @@ def load_experiment_config(spec: str | Path, overrides: list[str] | tuple[str, .
             raise ConfigError(f"method {unknown[0]!r} is not in {find_yaml(spec, **where).name}; its methods: "
                               f"{', '.join(config.methods)}")
         config = config.model_copy(update={"methods": {m: config.methods[m] for m in methods}})
+        try:
+            for name, spec in config.methods.items():
+                check_pool_of(name, spec, config.methods)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return config

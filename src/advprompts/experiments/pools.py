@@ -104,6 +104,17 @@ def real_pool(benchmark: str, split: str, seed: int, max_extra: int, image_size:
     return data.subset(order.tolist())
 
 
+def with_label_noise(pool: Tensors, rate: float, seed: int, num_classes: int) -> Tensors:
+    """The pool with ``rate`` of its labels replaced by a random other class (an ablation). Image i is
+    relabelled when floor((i + 1) * rate) > floor(i * rate), so every budget's prefix holds exactly that
+    share of wrong labels (to one image); the pool's order is already random."""
+    i = np.arange(len(pool))
+    flip = torch.from_numpy(np.floor((i + 1) * rate) > np.floor(i * rate))
+    shift = torch.from_numpy(np.random.default_rng([seed, 19]).integers(1, num_classes, len(pool)))
+    labels = torch.where(flip, (pool.labels + shift) % num_classes, pool.labels)
+    return dataclasses.replace(pool, labels=labels)
+
+
 def augment_pool(train: Tensors, seed: int, max_extra: int) -> Tensors:
     """Copies of random train images, flagged for the fine-tuning augmentation (CutMix / RandAugment)."""
     rng = np.random.default_rng([seed, 17])

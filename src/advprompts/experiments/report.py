@@ -104,6 +104,20 @@ def adversary_tables(rows: list[dict], config, n_extra: int | None = None) -> li
     return lines
 
 
+def ablation_lines(config) -> list[str]:
+    """What each ablation row changed (``pool_of``, ``oracle_filter``, ``label_noise``): such rows test why a
+    method works, and some use information no method has (the oracle). Empty without ablations."""
+    lines = []
+    for name, spec in config.methods.items():
+        changes = ([f"the pool of `{spec.pool_of}`"] if spec.pool_of else []) + \
+            (["only the images in which the oracle sees the labelled class (ground truth no method has)"]
+             if spec.oracle_filter else []) + \
+            ([f"{100 * spec.label_noise:.0f}% of the labels replaced by a random other class"] if spec.label_noise else [])
+        if changes:
+            lines.append(f"- `{name}`: " + "; ".join(changes))
+    return ["## Ablations", "", *lines, ""] if lines else []
+
+
 def headroom_lines(rows: list[dict]) -> list[str]:
     """What the benchmark leaves to win, before any method: no extra data against the real images of the
     shift (``real_ood`` at its largest size), average accuracy paired per seed. Empty without both rows."""
@@ -229,7 +243,7 @@ def write_report(out: str | Path, config, components=None, oracle=None) -> Path:
              "## Results (mean ± sample std (ddof 1) over seeds, %)", "", results_table(rows), "",
              "Worst-group accuracy (mean ± sample std) / average accuracy per number of extra images:", "",
              budget_table(rows), ""]
-    lines += headroom_lines(rows)
+    lines += headroom_lines(rows) + ablation_lines(config)
     adversary = adversary_tables(rows, config)
     if adversary:
         lines += ["## Model-specific data", "", *adversary]

@@ -29,7 +29,7 @@ from advprompts.errors import ConfigError
 from advprompts.experiments.config import ExperimentConfig, MethodSpec
 from advprompts.experiments.plan import draw_seed, optimisation_runs, pool_units, round_tag
 from advprompts.experiments.pools import (augment_pool, dataset_labels, fresh_text_side, generate_units, load_pool,
-                                          real_pool)
+                                          real_pool, with_label_noise)
 from advprompts.experiments.profile import StageProfile
 from advprompts.fsio import read_json, write_csv
 from advprompts.fsio import atomic_write_text
@@ -153,7 +153,30 @@ class ExperimentRunner:
     # ------------------------------------------------------------------ pools
     def pool(self, name: str, spec: MethodSpec, seed: int, weights: Path | None = None, rnd: int = 1) -> Tensors:
         """The method's extra data. ``loop`` passes its round ``rnd`` (fresh random draws from round 2 on)
-        and ``weights``, the model of the round before, which replaces the adversary's base model."""
+        and ``weights``, the model of the round before, which replaces the adversary's base model. A
+        derived method's is its source method's pool; the ablations (``oracle_filter``, then
+        ``label_noise``) change it after it is drawn."""
+        if spec.kind == "derived":
+            data = self.pool(spec.pool_of, self.config.methods[spec.pool_of], seed, weights, rnd)
+        else:
+            data = self._pool(name, spec, seed, weights, rnd)
+        if spec.oracle_filter:
+            data = data.subset(np.flatnonzero(self._faithful(data)).tolist())
+        if spec.label_noise:
+            data = with_label_noise(data, spec.label_noise, seed, self.num_classes)
+        return data
+
+    def _faithful(self, data: Tensors) -> np.ndarray:
+        from advprompts.experiments.composition import (benchmark_root, composition_context, embedded_oracle,
+                                                         oracle_faithful)
+
+        oracle = embedded_oracle(self.config)
+        ctx = composition_context(benchmark_root(self.config), self.config.train_split, self.config.eval_split)
+        if oracle is None or ctx is None:
+            raise ConfigError("oracle_filter needs the embedded models' oracle and an embedded benchmark")
+        return oracle_faithful(data, ctx["bench"], oracle)
+
+    def _pool(self, name: str, spec: MethodSpec, seed: int, weights: Path | None, rnd: int) -> Tensors:
         c = self.config
         if spec.kind == "no_extra":
             return self.train_data.subset([])
@@ -216,7 +239,8 @@ class ExperimentRunner:
         model = self.base_model(seed, arch)
         with self.profile.stage("finetune", label, seed, n):
             data = Tensors.concat([self.train_data, pool.subset(list(range(n)))]) if n else self.train_data
-            train_classifier(model, data, self.config.finetune, seed=seed + 1, augment=spec.augment or "none",
+            source = self.config.methods[spec.pool_of] if spec.pool_of else spec  # a derived pool keeps its augmentation
+            train_classifier(model, data, self.config.finetune, seed=seed + 1, augment=source.augment or "none",
                              progress=self.progress, desc=f"fine-tune {label} n={n} s{seed}")
         with self.profile.stage("evaluate", label, seed, n):
             ev = evaluate(model, self.eval_data)

@@ -13,7 +13,7 @@ def run_and_report(config: str, out: str | Path, *, overrides: list[str] = (), m
     """Run (or resume) the experiment ``config`` into ``out``, write its report, print its table and the
     time per stage (``out/profile.csv``); ``prompt_batch``: see :class:`ExperimentRunner`."""
     from advprompts.experiments.composition import (add_pool_columns, benchmark_root, composition_context,
-                                                     finished_pools, pool_compositions)
+                                                     embedded_oracle, finished_pools, pool_compositions)
     from advprompts.experiments.config import load_experiment_config
     from advprompts.experiments.report import results_table, write_report
     from advprompts.experiments.runner import ExperimentRunner
@@ -38,13 +38,3 @@ def run_and_report(config: str, out: str | Path, *, overrides: list[str] = (), m
     echo(f"\nresults: {Path(out) / 'results.csv'}\nreport:  {report}  ({time.time() - t0:.0f} s)")
     return report
 
-
-def embedded_oracle(cfg):
-    """The zoo's oracle that judges generated sets, for an experiment on the embedded models (else None)."""
-    from advprompts.zoo.oracle import Oracle
-    from advprompts.zoo.paths import is_embedded, oracle_path
-
-    if not is_embedded(cfg.model):
-        return None
-    path = oracle_path()
-    return Oracle.load(path) if (path / "model.safetensors").is_file() else None

@@ -29,7 +29,7 @@ def main(
     from advprompts.experiments.loop import loop_methods, run_loop
     from advprompts.experiments.report import loop_table
     from advprompts.experiments.runner import ExperimentRunner
-    from advprompts.experiments.session import embedded_oracle
+    from advprompts.experiments.composition import embedded_oracle
 
     # The full config (not the --methods subset) is the folder's fingerprint: a loop shares its folder,
     # base models and round-1 pools with `advprompts experiment` of the same config.

@@ -1,0 +1,88 @@
+"""Ablation rows of an experiment: label noise on a pool, a derived method that reuses another method's
+pool, and the oracle filter that keeps only label-faithful images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from advprompts.errors import ConfigError
+from advprompts.experiments.config import ExperimentConfig, load_experiment_config
+from advprompts.experiments.pools import with_label_noise
+from advprompts.experiments.runner import ExperimentRunner
+from advprompts.tasks.train import Tensors
+from advprompts.world.benchmarks import Benchmark, export_benchmark
+from test_experiments import SMALL_BENCH, _config, _FixedOracle
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    return export_benchmark(Benchmark(**SMALL_BENCH), tmp_path_factory.mktemp("bench") / "mini-birds")
+
+
+def test_label_noise_relabels_the_same_share_of_every_prefix():
+    labels = torch.arange(40) % 3
+    pool = Tensors(torch.zeros(40, 3, 4, 4, dtype=torch.uint8), labels.clone(), [f"g{i}" for i in range(40)])
+    noisy = with_label_noise(pool, 0.25, seed=3, num_classes=3)
+    changed = (noisy.labels != labels).numpy()
+    assert changed.sum() == 10 and changed[:4].tolist() == [False, False, False, True]
+    for k in range(1, 41):  # every budget's prefix holds floor(k / 4) wrong labels
+        assert changed[:k].sum() == k // 4
+    assert noisy.labels.min() >= 0 and noisy.labels.max() <= 2
+    assert torch.equal(noisy.images, pool.images) and noisy.groups == pool.groups and torch.equal(pool.labels, labels)
+    again = with_label_noise(pool, 0.25, seed=3, num_classes=3)
+    other = with_label_noise(pool, 0.25, seed=4, num_classes=3)
+    assert torch.equal(again.labels, noisy.labels) and not torch.equal(other.labels, noisy.labels)
+
+
+def test_derived_methods_validate_their_source(bench_dir):
+    derived = {"kind": "derived", "pool_of": "real_ood", "oracle_filter": True}
+    cfg = _config(bench_dir, methods={"real_ood": {"kind": "real_ood"}, "faithful": derived})
+    assert cfg.methods["faithful"].pool_of == "real_ood"
+    for methods, needle in [({"faithful": derived}, "takes the pool of 'real_ood'"),
+                            ({"no_extra": {"kind": "no_extra"}, "faithful": dict(derived, pool_of="no_extra")}, "no_extra"),
+                            ({"real_ood": {"kind": "real_ood", "pool_of": "x"}}, "kind: derived"),
+                            ({"no_extra": {"kind": "no_extra", "label_noise": 0.5}}, "no_extra has none")]:
+        with pytest.raises(ValueError, match=needle):
+            _config(bench_dir, methods=methods)
+    with pytest.raises(ConfigError, match="in --methods"):  # the subset drops the source
+        load_experiment_config("docs/experiments/wildcam-label-noise.yaml", methods=["gap_faithful"])
+
+
+def test_oracle_filter_and_noise_rows_reuse_the_source_pool(bench_dir, tmp_path, tiny, monkeypatch):
+    from advprompts.experiments import composition
+    from advprompts.experiments.report import write_report
+    from advprompts.zoo.corpus import OBJECT_NAMES
+
+    cfg: ExperimentConfig = _config(bench_dir, max_extra=4, budgets=[1.0], methods={
+        "real_ood": {"kind": "real_ood"},
+        "real_faithful": {"kind": "derived", "pool_of": "real_ood", "oracle_filter": True},
+        "real_noisy": {"kind": "real_ood", "label_noise": 0.5}})
+    runner = ExperimentRunner(cfg, tmp_path / "e", components=tiny, progress=False)
+    real = runner.pool("real_ood", cfg.methods["real_ood"], 0)
+    assert len(real) == 4 and len(set(real.labels.tolist())) == 2
+    # The oracle sees a sparrow (class landbird, label 0) in every image: only the landbirds are faithful.
+    sparrow = OBJECT_NAMES.index("sparrow")
+    monkeypatch.setattr(composition, "embedded_oracle",
+                        lambda _cfg: _FixedOracle({"object": [sparrow] * 4, "place": [0] * 4, "night": [0] * 4}))
+    faithful = runner.pool("real_faithful", cfg.methods["real_faithful"], 0)
+    keep = np.flatnonzero(real.labels.numpy() == 0)
+    assert len(faithful) == len(keep) and torch.equal(faithful.images, real.images[torch.from_numpy(keep)])
+    assert (faithful.labels == 0).all()
+    noisy = runner.pool("real_noisy", cfg.methods["real_noisy"], 0)
+    assert torch.equal(noisy.images, real.images) and (noisy.labels != real.labels).sum() == 2
+    rows = runner.run()
+    assert {(r["method"], r["n_extra"]) for r in rows} == {("real_ood", 4), ("real_faithful", len(keep)),
+                                                           ("real_noisy", 4)}
+    report = write_report(tmp_path / "e", cfg).read_text()
+    assert "## Ablations" in report and "- `real_noisy`: 50% of the labels replaced by a random other class" in report
+    assert "- `real_faithful`: the pool of `real_ood`; only the images in which the oracle sees" in report
+
+
+def test_oracle_filter_needs_the_embedded_oracle(bench_dir, tmp_path, tiny):
+    cfg = _config(bench_dir, max_extra=4, budgets=[1.0], methods={
+        "real_ood": {"kind": "real_ood"}, "f": {"kind": "derived", "pool_of": "real_ood", "oracle_filter": True}})
+    runner = ExperimentRunner(cfg, tmp_path / "e", components=tiny, progress=False)
+    with pytest.raises(ConfigError, match="oracle_filter needs the embedded models' oracle"):
+        runner.pool("f", cfg.methods["f"], 0)  # the tiny model has no oracle
