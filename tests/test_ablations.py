@@ -86,3 +86,22 @@ def test_oracle_filter_needs_the_embedded_oracle(bench_dir, tmp_path, tiny):
     runner = ExperimentRunner(cfg, tmp_path / "e", components=tiny, progress=False)
     with pytest.raises(ConfigError, match="oracle_filter needs the embedded models' oracle"):
         runner.pool("f", cfg.methods["f"], 0)  # the tiny model has no oracle
+
+
+def test_source_split_paints_around_another_splits_images(bench_dir, tmp_path, tiny):
+    from advprompts.experiments.report import ablation_lines
+    from advprompts.fsio import read_csv
+
+    cfg = _config(bench_dir, max_extra=4, budgets=[1.0], methods={
+        "agnostic": {"kind": "text", "prompts": ["a photo of a {class}"]},
+        "agnostic_ood": {"kind": "text", "prompts": ["a photo of a {class}"], "source_split": "ood_pool"}})
+    runner = ExperimentRunner(cfg, tmp_path / "e", components=tiny, progress=False)
+    for name in cfg.methods:
+        runner.pool(name, cfg.methods[name], 0)
+    sources = {name: {r["source_file"].split("/")[1] for r in read_csv(tmp_path / "e" / "pools" / f"{name}-s0" / "metadata.csv")}
+               for name in cfg.methods}
+    assert sources == {"agnostic": {"train"}, "agnostic_ood": {"ood_pool"}}
+    assert ablation_lines(cfg) == ["## Ablations", "", "- `agnostic_ood`: generated around the labelled images of "
+                                   "`ood_pool`", ""]
+    with pytest.raises(ValueError, match="generated methods"):
+        _config(bench_dir, methods={"real_ood": {"kind": "real_ood", "source_split": "ood_pool"}})

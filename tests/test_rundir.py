@@ -168,3 +168,21 @@ def test_a_forked_child_neither_holds_nor_releases_the_parents_lock(tmp_path):
     probe = subprocess.run([sys.executable, "-c", HOLDER, str(out), "None"], capture_output=True, text=True,
                            timeout=60)
     assert probe.returncode == 1 and f"pid {os.getpid()}" in probe.stderr  # still ours after the child exited
+
+
+def test_options_added_later_and_left_off_do_not_make_an_old_folder_another_run(tmp_path):
+    import yaml
+
+    from advprompts.errors import OutputExistsError
+
+    old = {"name": "e", "methods": {"gap": {"kind": "optimized", "set": []}}}
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "experiment.yaml").write_text(yaml.safe_dump(old))
+    new = {"name": "e", "methods": {"gap": {"kind": "optimized", "set": [], "pool_of": None, "label_noise": 0.0,
+                                            "oracle_filter": False, "extra": [], "n": 0}}}
+    assert prepare_run_dir(out, new, "experiment.yaml", resume=False, overwrite=False, auto_resume=True)
+    for on in ({"label_noise": 0.5}, {"oracle_filter": True}, {"extra": ["x"]}):  # a new option switched on
+        changed = {"name": "e", "methods": {"gap": {"kind": "optimized", "set": [], **on}}}
+        with pytest.raises(OutputExistsError, match="differs"):
+            prepare_run_dir(out, changed, "experiment.yaml", resume=False, overwrite=False, auto_resume=True)

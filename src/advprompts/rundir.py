@@ -26,13 +26,18 @@ def _first_difference(a, b, prefix: str = "") -> str:
     return prefix.rstrip(".") or "(root)"
 
 
+def _off(value) -> bool:
+    """What an option added in a later version holds while it is off: None, False, 0 or empty."""
+    return value is None or value is False or (type(value) in (int, float) and value == 0) or value in ([], {})
+
+
 def _unset_new_keys_dropped(config, stored):
-    """``config`` without the keys ``stored`` lacks whose value is None: an option added in a later
-    version, left unset, does not make a run written before it another run."""
+    """``config`` without the keys ``stored`` lacks whose value is off (None, False, 0, empty): an option
+    added in a later version, left unset, does not make a run written before it another run."""
     if not (isinstance(config, dict) and isinstance(stored, dict)):
         return config
     return {k: _unset_new_keys_dropped(v, stored.get(k)) for k, v in config.items()
-            if k in stored or v is not None}
+            if k in stored or not _off(v)}
 
 
 def _empty(out: Path) -> None:

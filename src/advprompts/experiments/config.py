@@ -63,6 +63,9 @@ class MethodSpec(StrictModel):
                                             # prefix) replaced by a random other class
     oracle_filter: bool = False             # ablation: keep only the images in which the zoo's oracle (renderer
                                             # ground truth; embedded models only) sees the labelled class
+    source_split: str | None = None         # text / random / optimized: generate from this split's labelled images
+                                            # instead of train's (the prompts are still found on train); with the
+                                            # evaluated shift's split an ablation: sources no method has
 
     @field_validator("prompts")
     @classmethod
@@ -81,6 +84,8 @@ class MethodSpec(StrictModel):
             raise ValueError("an augment method needs `augment: cutmix | randaugment`")
         if (self.kind == "derived") != (self.pool_of is not None):
             raise ValueError("`pool_of` (the method whose pool is reused) goes with `kind: derived`, and only there")
+        if self.source_split is not None and not self.generated:
+            raise ValueError("`source_split` applies to generated methods (text, random, optimized) only")
         if (self.label_noise or self.oracle_filter) and self.kind == "no_extra":
             raise ValueError("`label_noise` and `oracle_filter` change a pool; no_extra has none")
         return self

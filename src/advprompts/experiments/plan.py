@@ -68,9 +68,9 @@ def optimisation_runs(runner, name: str, spec, seed: int, weights: Path, draw: i
 
 def pool_units(runner, name: str, spec, seed: int, pool_dir: Path, comps, weights: Path | None = None,
                rnd: int = 1) -> list[dict]:
-    """What to generate: (prompts, train sources) units adding up to about ``max_extra`` images; learned
-    prompts are optimised first (``runner.optimize_prompts``)."""
-    n, draw, train = runner.config.max_extra, draw_seed(seed, rnd), runner.train_ds
+    """What to generate: (prompts, sources) units adding up to about ``max_extra`` images (sources from
+    train, or the method's ``source_split``); learned prompts are optimised first (``runner.optimize_prompts``)."""
+    n, draw, train = runner.config.max_extra, draw_seed(seed, rnd), runner.sources(spec)
     if spec.kind == "text":
         texts = spec.prompts or target_descriptions(train)
         return [{"prompts": texts, "sources": source_picks(train, n, len(texts), draw)}]

@@ -105,14 +105,17 @@ def adversary_tables(rows: list[dict], config, n_extra: int | None = None) -> li
 
 
 def ablation_lines(config) -> list[str]:
-    """What each ablation row changed (``pool_of``, ``oracle_filter``, ``label_noise``): such rows test why a
-    method works, and some use information no method has (the oracle). Empty without ablations."""
+    """What each ablation row changed (``pool_of``, ``oracle_filter``, ``label_noise``, ``source_split``):
+    such rows test why a method works, and some use information no method has (the oracle, the target's
+    labelled images). Empty without ablations."""
     lines = []
     for name, spec in config.methods.items():
         changes = ([f"the pool of `{spec.pool_of}`"] if spec.pool_of else []) + \
             (["only the images in which the oracle sees the labelled class (ground truth no method has)"]
              if spec.oracle_filter else []) + \
-            ([f"{100 * spec.label_noise:.0f}% of the labels replaced by a random other class"] if spec.label_noise else [])
+            ([f"{100 * spec.label_noise:.0f}% of the labels replaced by a random other class"] if spec.label_noise else []) + \
+            ([f"generated around the labelled images of `{spec.source_split}`"]
+             if spec.source_split not in (None, config.train_split) else [])
         if changes:
             lines.append(f"- `{name}`: " + "; ".join(changes))
     return ["## Ablations", "", *lines, ""] if lines else []

@@ -126,6 +126,15 @@ class ExperimentRunner:
             load_backbone(model, self.config.task.init)
         return model
 
+    def sources(self, spec: MethodSpec):
+        """The labelled images a generated method paints around: train's, or its ``source_split``'s."""
+        from advprompts.data import resolve_dataset
+
+        split = spec.source_split or self.config.train_split
+        if split == self.config.train_split:
+            return self.train_ds
+        return resolve_dataset(self.config.benchmark, split=split, image_size=self.config.image_size)
+
     def adversary(self, spec: MethodSpec) -> str:
         """The architecture a method's prompts are found against."""
         return spec.adversary or self.config.task.arch
@@ -195,7 +204,7 @@ class ExperimentRunner:
             units = pool_units(self, name, spec, seed, pool_dir, comps, weights, rnd)
             self.say(f"{name}: generating {c.max_extra} images (seed {seed}" + (f", round {rnd})" if rnd > 1 else ")"))
             with self.profile.stage("generation", label, seed):
-                generate_units(units, pool_dir, comps, c.generation, draw, self.train_ds, device=c.device)
+                generate_units(units, pool_dir, comps, c.generation, draw, self.sources(spec), device=c.device)
         else:
             self.profile.add("generation", label, seed)
         with self.profile.stage("pool", label, seed):
