@@ -60,6 +60,8 @@ NOT_RUN = {
     "from advprompts.config.schema import GenerateConfig": "needs the Waterbirds download and SD 1.5: "
                                                            "tests/test_sd15_presets.py generates the same way",
     "advprompts optimize --config iwildcam-sd15-ap": "SD 1.5 on a GPU: tests/test_sd15_presets.py",
+    "docs/experiments/house_byte_compare.sh": "two worktrees and minutes of optimisation; the determinism it "
+                                              "relies on: tests/test_optimize.py, tests/test_sampler_vs_diffusers.py",
     # docs/zoo-builds.md
     "StableDiffusionInpaintPipeline.from_pretrained(": "tests/test_embedded_diffusers.py does exactly this",
 }

@@ -160,6 +160,25 @@ def test_gap_preset_runs_guidance_with_warmup(_tiny_session, tmp_path):
     assert (a - b).abs().max() > 1e-3
 
 
+def test_random_task_init_is_seeded_by_the_run_seed(_tiny_session, tmp_path):
+    """No task.weights: the task model's random init comes from optim.seed, not from the global RNG (two
+    runs of one config, in processes whose global RNG differs, write the same bytes); the global stream
+    goes on as with a task model handed in (the init draws nothing from it)."""
+    config = load_config("tiny-ap", ["optim.steps=2", "log.tensorboard=false", "log.sample_every=0"])
+    assert config.task.weights is None
+    comps = lambda: copy.deepcopy(_tiny_session["txt2img"]).freeze()  # noqa: E731
+    files, after = [], []
+    for run, global_seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(global_seed)
+        files.append([f.read_bytes() for f in optimize(config, tmp_path / run, components=comps()).prompt_files])
+        after.append(torch.get_rng_state())
+    assert files[0] == files[1]
+    task = _task()
+    torch.manual_seed(2)
+    optimize(config, tmp_path / "given", components=comps(), task_model=task)
+    assert torch.equal(torch.get_rng_state(), after[1])
+
+
 def test_gradient_accumulation_runs_every_micro_batch(_tiny_session, tmp_path):
     calls = []
     base = ["optim.steps=2", "log.tensorboard=false", "log.sample_every=0"]

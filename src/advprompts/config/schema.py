@@ -101,7 +101,7 @@ class DataConfig(StrictModel):
 class TaskConfig(StrictModel):
     arch: str | None = None              # registered task model (small_cnn, resnet18, ...)
     num_classes: int = Field(2, ge=1)    # the task model's outputs
-    weights: str | None = None           # safetensors / pt state dict (none: random weights)
+    weights: str | None = None           # safetensors / pt state dict (none: random init seeded by optim.seed)
     input_size: int | None = None        # resize images to this size first (default: the architecture's)
 
 

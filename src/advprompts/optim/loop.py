@@ -121,8 +121,13 @@ def optimize(
     size = config.sampler.image_size or comps.unet.config.sample_size * comps.vae_scale_factor
     dataset = dataset or resolve_dataset(config.data.source, split=config.data.split, image_size=size)
     if task_model is None and config.task.arch is not None:
-        task_model = load_task_model(config.task.arch, config.task.num_classes, config.task.weights,
-                                     config.task.input_size)
+        # Without task.weights the init is random: seeded by the run's seed, so that two runs of one config
+        # write the same prompts; forked (the CPU generator only: the init runs there), so that the caller's
+        # global RNG stream is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(config.optim.seed)
+            task_model = load_task_model(config.task.arch, config.task.num_classes, config.task.weights,
+                                         config.task.input_size)
     if task_model is not None:
         task_model = task_model.to(device).eval().requires_grad_(False)
     losses = build_losses(config)
