@@ -105,3 +105,54 @@ def test_source_split_paints_around_another_splits_images(bench_dir, tmp_path, t
                                    "`ood_pool`", ""]
     with pytest.raises(ValueError, match="generated methods"):
         _config(bench_dir, methods={"real_ood": {"kind": "real_ood", "source_split": "ood_pool"}})
+
+
+def test_reuse_copies_the_stages_a_new_config_makes_the_same_way(bench_dir, tmp_path, tiny):
+    from advprompts.errors import ConfigError
+    from advprompts.experiments.reuse import reuse_stages
+
+    ap = {"kind": "optimized", "optimize": "tiny-ap", "set": ["optim.steps=2", "log.tensorboard=false"]}
+    methods = {"no_extra": {"kind": "no_extra"}, "agnostic": {"kind": "text", "prompts": ["a photo of a {class}"]},
+               "real_ood": {"kind": "real_ood"}, "ap": ap}
+    old = _config(bench_dir, max_extra=4, budgets=[1.0], methods=methods)
+    ExperimentRunner(old, tmp_path / "old", components=tiny, progress=False).run()
+    # A new sweep: one method changed, an ablation and AP's prompts on other sources added; the unchanged
+    # stages are reused as they were, AP's prompts serve both AP rows.
+    new = _config(bench_dir, max_extra=4, budgets=[1.0, 0.5], methods={
+        **methods, "agnostic": {"kind": "text", "prompts": ["a {class} outdoors"]},
+        "noisy": {"kind": "derived", "pool_of": "real_ood", "label_noise": 0.5},
+        "ap_ood": dict(ap, source_split="ood_pool")})
+    runner = ExperimentRunner(new, tmp_path / "new", components=tiny, progress=False, reuse=tmp_path / "old")
+    files = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*")  # noqa: E731
+                                if p.is_file() and not any(part.startswith(".") for part in p.parts))
+    got = files(tmp_path / "new")
+    assert {f.split("/")[0] + "/" + f.split("/")[1] for f in got if "/" in f} == {
+        "cells/ap-n4-s0.json", "cells/no_extra-n0-s0.json", "cells/real_ood-n4-s0.json",
+        "models/base-small_cnn-s0.safetensors", "pools/ap-s0", "prompts/ap-s0", "prompts/ap_ood-s0"}
+    prompts = [f for f in got if f.startswith("prompts/ap_ood-s0/") and f.endswith(".safetensors")]
+    assert prompts and all((tmp_path / "new" / f).read_bytes() ==
+                           (tmp_path / "old" / f.replace("ap_ood", "ap")).read_bytes() for f in prompts)
+    assert str((tmp_path / "old").resolve()) not in (tmp_path / "new/prompts/ap_ood-s0/config.yaml").read_text()
+    for rel in [f for f in got if f.startswith(("cells/", "models/", "pools/"))]:
+        assert (tmp_path / "new" / rel).read_bytes() == (tmp_path / "old" / rel).read_bytes()
+    log = (tmp_path / "new/prompts/ap_ood-s0/log.csv").read_text()
+    rows = runner.run()
+    assert (tmp_path / "new/prompts/ap_ood-s0/log.csv").read_text() == log  # found, not optimised again
+    assert all((tmp_path / "new" / f).read_bytes() == (tmp_path / "old" / f.replace("ap_ood", "ap")).read_bytes()
+               for f in prompts)
+    old_rows = {(r["method"], r["n_extra"]): r for r in json_rows(tmp_path / "old")}
+    assert [r for r in rows if r["method"] == "no_extra"] == [old_rows[("no_extra", 0)]]
+    assert {r["method"] for r in rows} == {"no_extra", "agnostic", "real_ood", "ap", "noisy", "ap_ood"}
+    assert reuse_stages(new, tmp_path / "new", tmp_path / "old") == []  # nothing replaced
+    with pytest.raises(ConfigError, match="`max_extra` differs"):
+        ExperimentRunner(_config(bench_dir, max_extra=3, methods=methods), tmp_path / "other", components=tiny,
+                         progress=False, reuse=tmp_path / "old")
+    assert not (tmp_path / "other").exists()  # refused before anything was written
+    with pytest.raises(ConfigError, match="no experiment.yaml"):
+        ExperimentRunner(new, tmp_path / "third", components=tiny, progress=False, reuse=tmp_path)
+
+
+def json_rows(out):
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]

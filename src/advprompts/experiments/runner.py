@@ -44,11 +44,13 @@ POOL_COLUMNS = ["pool_faithfulness", "pool_missing_groups", "pool_target_places"
 class ExperimentRunner:
     """Runs (and resumes) one experiment into ``out``; ``say`` prints one-line progress messages.
     ``prompt_batch``: optimise up to that many prompts of a method together (``optimize``'s option;
-    None: one at a time). Every stage's wall time goes to ``out/profile.csv`` (``self.profile``)."""
+    None: one at a time). ``reuse``: another experiment folder whose finished stages that this config
+    makes the same way are copied in first (:mod:`advprompts.experiments.reuse`). Every stage's wall
+    time goes to ``out/profile.csv`` (``self.profile``)."""
 
     def __init__(self, config: ExperimentConfig, out: str | Path, *, overwrite: bool = False,
                  components=None, progress: bool = True, say: Callable[[str], None] = logger.info,
-                 prompt_batch: int | None = None):
+                 prompt_batch: int | None = None, reuse: str | Path | None = None):
         from advprompts.data import resolve_dataset
 
         self.config, self.out, self.progress, self.say = config, Path(out), progress, say
@@ -66,11 +68,20 @@ class ExperimentRunner:
             read_state(backbone_path(config.task.arch, config.task.init))
         if any(m.generated for m in config.methods.values()):
             self.components  # noqa: B018 (loads, or raises ModelLoadError)
+        if reuse is not None:
+            from advprompts.experiments.reuse import reusable_config
+
+            reusable_config(config, Path(reuse))  # a folder that cannot be reused is refused before any write
         if not prepare_run_dir(self.out, fingerprint, "experiment.yaml", resume=False, overwrite=overwrite,
                                auto_resume=True):
             import yaml
 
             atomic_write_text(self.out / "experiment.yaml", yaml.safe_dump(fingerprint, sort_keys=False))
+        if reuse is not None:
+            from advprompts.experiments.reuse import reuse_stages
+
+            copied = reuse_stages(config, self.out, Path(reuse))
+            say(f"reused {len(copied)} finished stages of {reuse}")
         self._train: Tensors | None = None
         self._eval: Tensors | None = None
         self.profile = StageProfile(self.out)

@@ -9,9 +9,9 @@ from typing import Callable
 
 def run_and_report(config: str, out: str | Path, *, overrides: list[str] = (), methods: list[str] | None = None,
                    overwrite: bool = False, echo: Callable[[str], None] = print, components=None,
-                   prompt_batch: int | None = None) -> Path:
+                   prompt_batch: int | None = None, reuse: str | Path | None = None) -> Path:
     """Run (or resume) the experiment ``config`` into ``out``, write its report, print its table and the
-    time per stage (``out/profile.csv``); ``prompt_batch``: see :class:`ExperimentRunner`."""
+    time per stage (``out/profile.csv``); ``prompt_batch``, ``reuse``: see :class:`ExperimentRunner`."""
     from advprompts.experiments.composition import (add_pool_columns, benchmark_root, composition_context,
                                                      embedded_oracle, finished_pools, pool_compositions)
     from advprompts.experiments.config import load_experiment_config
@@ -23,7 +23,8 @@ def run_and_report(config: str, out: str | Path, *, overrides: list[str] = (), m
     require_extra("matplotlib", "plot", "plotting the report's figures")  # before the run, not after it
     t0 = time.time()
     cfg = load_experiment_config(config, overrides, methods)
-    runner = ExperimentRunner(cfg, out, overwrite=overwrite, components=components, say=echo, prompt_batch=prompt_batch)
+    runner = ExperimentRunner(cfg, out, overwrite=overwrite, components=components, say=echo, prompt_batch=prompt_batch,
+                              reuse=reuse)
     rows = runner.run()
     oracle = embedded_oracle(cfg)
     ctx = composition_context(benchmark_root(cfg), cfg.train_split, cfg.eval_split) if oracle is not None else None

@@ -20,8 +20,11 @@ def main(
     methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated subset of the methods.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the experiment in --out.")] = False,
     prompt_batch: PromptBatch = None,
+    reuse: Annotated[Optional[Path], typer.Option(
+        "--reuse", help="Another experiment folder: copy in its finished base models, pools and cells that this "
+                        "config makes the same way (a new method or ablation beside a finished sweep).")] = None,
 ) -> None:
     from advprompts.experiments.session import run_and_report
 
     run_and_report(config, out, overrides=set_ or [], methods=methods.split(",") if methods else None,
-                   overwrite=overwrite, echo=typer.echo, prompt_batch=prompt_batch)
+                   overwrite=overwrite, echo=typer.echo, prompt_batch=prompt_batch, reuse=reuse)
