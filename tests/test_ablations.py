@@ -3,6 +3,8 @@ pool, and the oracle filter that keeps only label-faithful images."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -47,7 +49,8 @@ def test_derived_methods_validate_their_source(bench_dir):
         with pytest.raises(ValueError, match=needle):
             _config(bench_dir, methods=methods)
     with pytest.raises(ConfigError, match="in --methods"):  # the subset drops the source
-        load_experiment_config("docs/experiments/wildcam-label-noise.yaml", methods=["gap_faithful"])
+        load_experiment_config(str(Path(__file__).parents[1] / "docs/experiments/wildcam-label-noise.yaml"),
+                               methods=["gap_faithful"])
 
 
 def test_oracle_filter_and_noise_rows_reuse_the_source_pool(bench_dir, tmp_path, tiny, monkeypatch):

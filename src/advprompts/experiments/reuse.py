@@ -49,9 +49,8 @@ def _prompt_twin(name: str, spec, old) -> str | None:
     if spec.kind != "optimized":
         return None
     key = spec.model_copy(update={"source_split": None})
-    if old.methods.get(name) is not None and old.methods[name].model_copy(update={"source_split": None}) == key:
-        return name
-    return next((m for m, s in old.methods.items() if s.model_copy(update={"source_split": None}) == key), None)
+    return next((m for m in (name, *old.methods)  # its own name first
+                 if m in old.methods and old.methods[m].model_copy(update={"source_split": None}) == key), None)
 
 
 def reusable_config(config, source: Path):
@@ -75,11 +74,11 @@ def reusable_config(config, source: Path):
     return old
 
 
-def reuse_stages(config, out: Path, source: Path) -> list[str]:
+def reuse_stages(config, out: Path, source: Path, old=None) -> list[str]:
     """Copy ``source``'s reusable stages into ``out`` (see the module docstring); the copied paths,
-    relative to ``out``."""
+    relative to ``out``. ``old``: ``source``'s config when :func:`reusable_config` has already read it."""
     source, out = Path(source), Path(out)
-    old = reusable_config(config, source)
+    old = old if old is not None else reusable_config(config, source)
     seeds = [s for s in config.seeds if s in old.seeds]
     copied = []
 

@@ -16,6 +16,7 @@ pool's first ``n_extra`` images and evaluate on the eval split. Folder layout::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -69,20 +70,19 @@ class ExperimentRunner:
         if any(m.generated for m in config.methods.values()):
             self.components  # noqa: B018 (loads, or raises ModelLoadError)
         if reuse is not None:
-            from advprompts.experiments.reuse import reusable_config
+            from advprompts.experiments.reuse import reusable_config, reuse_stages
 
-            reusable_config(config, Path(reuse))  # a folder that cannot be reused is refused before any write
+            reused = reusable_config(config, Path(reuse))  # a folder that cannot be reused is refused before any write
         if not prepare_run_dir(self.out, fingerprint, "experiment.yaml", resume=False, overwrite=overwrite,
                                auto_resume=True):
             import yaml
 
             atomic_write_text(self.out / "experiment.yaml", yaml.safe_dump(fingerprint, sort_keys=False))
         if reuse is not None:
-            from advprompts.experiments.reuse import reuse_stages
-
-            copied = reuse_stages(config, self.out, Path(reuse))
+            copied = reuse_stages(config, self.out, Path(reuse), reused)
             say(f"reused {len(copied)} finished stages of {reuse}")
         self._train: Tensors | None = None
+        self._sources: dict[str, object] = {config.train_split: self.train_ds}
         self._eval: Tensors | None = None
         self.profile = StageProfile(self.out)
 
@@ -142,9 +142,9 @@ class ExperimentRunner:
         from advprompts.data import resolve_dataset
 
         split = spec.source_split or self.config.train_split
-        if split == self.config.train_split:
-            return self.train_ds
-        return resolve_dataset(self.config.benchmark, split=split, image_size=self.config.image_size)
+        if split not in self._sources:  # resolved once: the pool's units and its generation both read it
+            self._sources[split] = resolve_dataset(self.config.benchmark, split=split, image_size=self.config.image_size)
+        return self._sources[split]
 
     def adversary(self, spec: MethodSpec) -> str:
         """The architecture a method's prompts are found against."""
@@ -187,14 +187,21 @@ class ExperimentRunner:
         return data
 
     def _faithful(self, data: Tensors) -> np.ndarray:
-        from advprompts.experiments.composition import (benchmark_root, composition_context, embedded_oracle,
-                                                         oracle_faithful)
+        from advprompts.experiments.composition import oracle_faithful
+
+        oracle, bench = self._judge
+        return oracle_faithful(data, bench, oracle)
+
+    @functools.cached_property
+    def _judge(self):
+        """The zoo's oracle and the benchmark it judges by, loaded once for every oracle-filtered pool."""
+        from advprompts.experiments.composition import benchmark_root, composition_context, embedded_oracle
 
         oracle = embedded_oracle(self.config)
         ctx = composition_context(benchmark_root(self.config), self.config.train_split, self.config.eval_split)
         if oracle is None or ctx is None:
             raise ConfigError("oracle_filter needs the embedded models' oracle and an embedded benchmark")
-        return oracle_faithful(data, ctx["bench"], oracle)
+        return oracle, ctx["bench"]
 
     def _pool(self, name: str, spec: MethodSpec, seed: int, weights: Path | None, rnd: int) -> Tensors:
         c = self.config

@@ -38,4 +38,3 @@ def run_and_report(config: str, out: str | Path, *, overrides: list[str] = (), m
     echo(runner.profile.format_summary())
     echo(f"\nresults: {Path(out) / 'results.csv'}\nreport:  {report}  ({time.time() - t0:.0f} s)")
     return report
-
