@@ -206,7 +206,7 @@ def benchmark_folder(root: Path) -> None:
 
 def demo_outputs(out: Path) -> None:
     """What the tutorial reads of `demo --quick`'s folder: results.csv (the runner's columns) and the base CNN."""
-    from advprompts.experiments.runner import BASE_COLUMNS, POOL_COLUMNS
+    from advprompts.experiments.results import BASE_COLUMNS, POOL_COLUMNS
 
     columns = BASE_COLUMNS + POOL_COLUMNS + ["acc_landbird-land", "acc_waterbird-land"]
     rows = [dict.fromkeys(columns, "0.5") | {"method": m, "n_extra": n} for m, n in (("no_extra", 0), ("gap", 128))]
@@ -302,6 +302,7 @@ def test_engine_python_api(tmp_path, monkeypatch):
     (api,) = engine.run(RUN["docs/engine.md"])
     engine.check_table()
     assert tuple(api["out"].images.shape) == (1, 3, 16, 16) and len(api["prompt"].decode_nearest(k=3)) == 2
+    assert sorted(p.name for p in Path("runs/t2i/images").iterdir()) == [f"{k:05d}.png" for k in range(4)]
 
 
 def test_every_doc_snippet_is_run_or_excused():

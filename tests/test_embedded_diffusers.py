@@ -18,6 +18,7 @@ PROMPT = "a photo of a duck in the desert"
 def test_stable_diffusion_pipeline_loads_without_dtype_and_equals_advprompts(tmp_path):
     from diffusers import StableDiffusionPipeline
 
+    from advprompts.config.schema import ModelConfig, SamplerConfig
     from advprompts.generate import generate_text2img
 
     pipe = StableDiffusionPipeline.from_pretrained(sd_path())  # fp16 weights, float32 on load
@@ -26,8 +27,8 @@ def test_stable_diffusion_pipeline_loads_without_dtype_and_equals_advprompts(tmp
     ref = pipe(PROMPT, num_images_per_prompt=2, num_inference_steps=3, guidance_scale=6.0,
                generator=torch.Generator().manual_seed(0)).images
     assert [im.size for im in ref] == [(64, 64)] * 2
-    generate_text2img("embedded", PROMPT, num_images=2, steps=3, guidance_scale=6.0, seed=0, out=tmp_path / "t2i",
-                      device="cpu", progress=False)
+    generate_text2img(ModelConfig(diffusion="embedded", device="cpu"), PROMPT, tmp_path / "t2i", num_images=2,
+                      sampler=SamplerConfig(num_steps=3, guidance_scale=6.0, conditioning="none"), progress=False)
     for k, image in enumerate(ref):
         ours = np.asarray(Image.open(tmp_path / "t2i" / f"images/{k:05d}.png")).astype(int)
         assert np.abs(ours - np.asarray(image).astype(int)).max() == 0, f"image {k} differs"

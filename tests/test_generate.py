@@ -11,13 +11,20 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from advprompts.config.schema import GenerateConfig
+from advprompts.config.schema import GenerateConfig, ModelConfig, SamplerConfig
 from advprompts.data import FolderDataset
-from advprompts.errors import OutputExistsError, ShardError
+from advprompts.errors import ConfigError, OutputExistsError, ShardError
 from advprompts.generate import generate_dataset, generate_text2img
 from advprompts.models.tiny import save_tiny_pipeline
 from advprompts.prompts import LearnablePrompt
 from advprompts.shards import parse_shard
+
+
+SAMPLER = SamplerConfig(num_steps=3, guidance_scale=4.0, conditioning="none")  # text-to-image's settings
+
+
+def cpu(model):
+    return ModelConfig(diffusion=str(model), device="cpu")
 
 
 def _rows(path):
@@ -32,19 +39,18 @@ def test_text2img_matches_from_pretrained_pipeline(tmp_path):
                generator=torch.Generator().manual_seed(9)).images
     # Two shards with a batch size that does not divide the count: same images, same order.
     for i in range(2):
-        res = generate_text2img(str(model), "a red bird", num_images=5, steps=3, guidance_scale=4.0, seed=9,
-                                out=tmp_path / "out", shard=(i, 2), batch_size=2, device="cpu")
+        res = generate_text2img(cpu(model), "a red bird", tmp_path / "out", num_images=5, sampler=SAMPLER, seed=9,
+                                shard=(i, 2), batch_size=2)
         assert res.written == (3 if i == 0 else 2)
     for k, image in enumerate(ref):
         ours = np.asarray(Image.open(tmp_path / "out" / f"images/{k:05d}.png")).astype(int)
         assert np.abs(ours - np.asarray(image).astype(int)).max() == 0, f"image {k} differs"
     assert [r["file_name"] for r in _rows(tmp_path / "out")] == [f"images/{k:05d}.png" for k in range(5)]
-    again = generate_text2img(str(model), "a red bird", num_images=5, steps=3, guidance_scale=4.0, seed=9,
-                              out=tmp_path / "out", shard=(0, 2), batch_size=2, device="cpu")
+    again = generate_text2img(cpu(model), "a red bird", tmp_path / "out", num_images=5, sampler=SAMPLER, seed=9,
+                              shard=(0, 2), batch_size=2)
     assert again.written == 0 and again.skipped == 3
     with pytest.raises(OutputExistsError, match="different run"):
-        generate_text2img(str(model), "a blue bird", num_images=5, steps=3, guidance_scale=4.0, seed=9,
-                          out=tmp_path / "out")
+        generate_text2img(str(model), "a blue bird", tmp_path / "out", num_images=5, sampler=SAMPLER, seed=9)
 
 
 def test_negative_prompt_matches_diffusers_and_older_runs_continue(tmp_path):
@@ -53,9 +59,10 @@ def test_negative_prompt_matches_diffusers_and_older_runs_continue(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     ref = pipe("a red bird", negative_prompt="a blue bird", num_images_per_prompt=2, num_inference_steps=3,
                guidance_scale=4.0, generator=torch.Generator().manual_seed(9)).images
-    kw = dict(num_images=2, steps=3, guidance_scale=4.0, seed=9, device="cpu")
-    generate_text2img(str(model), "a red bird", out=tmp_path / "neg", negative_prompt="a blue bird", **kw)
-    generate_text2img(str(model), "a red bird", out=tmp_path / "plain", **kw)
+    kw = dict(num_images=2, seed=9)
+    negative = SAMPLER.model_copy(update={"negative_prompt": "a blue bird"})
+    generate_text2img(cpu(model), "a red bird", tmp_path / "neg", sampler=negative, **kw)
+    generate_text2img(cpu(model), "a red bird", tmp_path / "plain", sampler=SAMPLER, **kw)
     for k, image in enumerate(ref):
         ours = np.asarray(Image.open(tmp_path / "neg" / f"images/{k:05d}.png")).astype(int)
         assert np.abs(ours - np.asarray(image).astype(int)).max() == 0, f"image {k} differs"
@@ -69,9 +76,10 @@ def test_negative_prompt_matches_diffusers_and_older_runs_continue(tmp_path):
     old = yaml.safe_load(stored.read_text())
     del old["negative_prompt"]
     stored.write_text(yaml.safe_dump(old))
-    assert generate_text2img(str(model), "a red bird", out=tmp_path / "plain", **kw).skipped == 2
+    assert generate_text2img(cpu(model), "a red bird", tmp_path / "plain", sampler=SAMPLER, **kw).skipped == 2
     with pytest.raises(OutputExistsError, match="negative_prompt"):
-        generate_text2img(str(model), "a red bird", out=tmp_path / "plain", negative_prompt="a cat", **kw)
+        generate_text2img(cpu(model), "a red bird", tmp_path / "plain",
+                          sampler=SAMPLER.model_copy(update={"negative_prompt": "a cat"}), **kw)
 
 
 def test_negative_prompt_reaches_source_conditioned_generation(tiny, tmp_path):
@@ -183,7 +191,18 @@ def test_generated_sets_load_typed_with_the_datasets_library(tiny, tmp_path):
     assert set(load_dataset(str(out), split="train")["prompt"]) == {"a square in the city", "a disc in the city"}
     # Text-to-image sets are typed too; their label (always 0) stays an integer.
     model = save_tiny_pipeline(tmp_path / "model")
-    t2i = generate_text2img(str(model), "a red bird", num_images=2, steps=2, guidance_scale=4.0, seed=0,
-                            out=tmp_path / "t2i", device="cpu", progress=False).out_dir
+    t2i = generate_text2img(cpu(model), "a red bird", tmp_path / "t2i", num_images=2,
+                            sampler=SAMPLER.model_copy(update={"num_steps": 2}), progress=False).out_dir
     ds = load_dataset(str(t2i), split="train")
     assert ds.features["label"] == Value("int64") and ds["prompt"] == ["a red bird"] * 2
+
+
+def test_text2img_refuses_source_only_settings_before_writing(tmp_path):
+    # SDEdit strength, DDIM eta > 0 and ControlNet would silently change what "identical to diffusers" means.
+    for sampler, model in [(SAMPLER.model_copy(update={"strength": 0.5}), "tiny"),
+                           (SAMPLER.model_copy(update={"eta": 0.3}), "tiny"),
+                           (SAMPLER.model_copy(update={"conditioning": "controlnet"}), "tiny"),
+                           (SAMPLER, ModelConfig(diffusion="tiny", autocast="bf16"))]:
+        with pytest.raises(ConfigError, match="text-to-image"):
+            generate_text2img(model, "a red bird", tmp_path / "out", sampler=sampler)
+        assert not (tmp_path / "out").exists()

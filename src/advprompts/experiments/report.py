@@ -13,7 +13,7 @@ import torch
 
 from advprompts.experiments.composition import (benchmark_root, composition_context, composition_section,
                                                  finished_pools, pool_compositions, pool_images)
-from advprompts.experiments.runner import summarize
+from advprompts.experiments.results import summarize
 from advprompts.fsio import atomic_write_text, read_csv
 
 logger = logging.getLogger(__name__)

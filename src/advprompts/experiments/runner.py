@@ -32,14 +32,13 @@ from advprompts.experiments.plan import draw_seed, optimisation_runs, pool_units
 from advprompts.experiments.pools import (augment_pool, dataset_labels, fresh_text_side, generate_units, load_pool,
                                           real_pool, with_label_noise)
 from advprompts.experiments.profile import StageProfile
-from advprompts.fsio import read_json, write_csv
+from advprompts.experiments.results import write_results
+from advprompts.fsio import read_json
 from advprompts.fsio import atomic_write_text
 from advprompts.rundir import prepare_run_dir
 from advprompts.tasks.train import Tensors, evaluate, load_tensors, save_task_weights, train_classifier
 
 logger = logging.getLogger(__name__)
-BASE_COLUMNS = ["benchmark", "method", "n_extra", "seed", "avg_acc", "worst_group_acc", "macro_f1"]
-POOL_COLUMNS = ["pool_faithfulness", "pool_missing_groups", "pool_target_places", "pool_night"]
 
 
 class ExperimentRunner:
@@ -81,9 +80,7 @@ class ExperimentRunner:
         if reuse is not None:
             copied = reuse_stages(config, self.out, Path(reuse), reused)
             say(f"reused {len(copied)} finished stages of {reuse}")
-        self._train: Tensors | None = None
         self._sources: dict[str, object] = {config.train_split: self.train_ds}
-        self._eval: Tensors | None = None
         self.profile = StageProfile(self.out)
 
     # ------------------------------------------------------------------ shared inputs
@@ -115,17 +112,13 @@ class ExperimentRunner:
             self._components = load_components(self.config.model, device=self.device)
         return self._components
 
-    @property
+    @functools.cached_property
     def train_data(self) -> Tensors:
-        if self._train is None:
-            self._train = load_tensors(self.config.benchmark, split=self.config.train_split, image_size=self.task_size)
-        return self._train
+        return load_tensors(self.config.benchmark, split=self.config.train_split, image_size=self.task_size)
 
-    @property
+    @functools.cached_property
     def eval_data(self) -> Tensors:
-        if self._eval is None:
-            self._eval = load_tensors(self.config.benchmark, split=self.config.eval_split, image_size=self.task_size)
-        return self._eval
+        return load_tensors(self.config.benchmark, split=self.config.eval_split, image_size=self.task_size)
 
     def new_model(self, arch: str | None = None):
         """A fresh task model: random init, or the configured pretrained backbone with a new head."""
@@ -301,30 +294,4 @@ class ExperimentRunner:
         return rows
 
     def write_results(self, rows: list[dict]) -> Path:
-        """``results.csv``: one row per cell, then its pool's composition (``pool_*``, when judged) and one
-        ``acc_<group>`` column per group."""
-        pool = [k for k in POOL_COLUMNS if any(k in r for r in rows)]
-        groups = sorted({k for r in rows for k in r if k.startswith("acc_")})
-        write_csv(self.out / "results.csv", rows, BASE_COLUMNS + pool + groups, extrasaction="ignore")
-        return self.out / "results.csv"
-
-
-def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and sample std (ddof 1; 0 for one seed) over seeds per (method, n_extra)."""
-    cells: dict[tuple[str, int], list[dict]] = {}
-    for r in rows:
-        cells.setdefault((r["method"], int(r["n_extra"])), []).append(r)
-    out = []
-    for (method, n), rs in cells.items():
-        wg = np.array([float(r["worst_group_acc"]) for r in rs])
-        avg = np.array([float(r["avg_acc"]) for r in rs])
-        f1 = np.array([float(r.get("macro_f1") or "nan") for r in rs])  # nan: a cell from before the metric
-        out.append({"method": method, "n_extra": n, "seeds": len(rs), "worst_group_mean": wg.mean(),
-                    "worst_group_std": _sample_std(wg), "avg_mean": avg.mean(), "avg_std": _sample_std(avg),
-                    "macro_f1_mean": f1.mean(), "macro_f1_std": _sample_std(f1)})
-    return out
-
-
-def _sample_std(values: np.ndarray) -> float:
-    """The sample standard deviation (ddof 1), 0 for a single value."""
-    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        return write_results(self.out, rows)

@@ -60,9 +60,12 @@ def main(
         if autocast != "none" or channels_last or compile_ or words:
             raise ConfigError("--autocast / --channels-last / --compile / --class-word apply to --source generation; "
                               "text-to-image stays identical to diffusers")
-        res = generate_text2img(model, prompt[0], num_images, steps, guidance_scale, seed, out, shard=shard,
-                                batch_size=batch_size, overwrite=overwrite, negative_prompt=negative_prompt,
-                                device=device)
+        from advprompts.config.schema import ModelConfig, SamplerConfig, parse_config
+
+        sampler = parse_config({"num_steps": steps, "guidance_scale": guidance_scale, "conditioning": "none",
+                                "paste": False, "negative_prompt": negative_prompt}, SamplerConfig, what="generate")
+        res = generate_text2img(ModelConfig(diffusion=model, device=device), prompt[0], out, num_images=num_images,
+                                sampler=sampler, seed=seed, batch_size=batch_size, shard=shard, overwrite=overwrite)
     else:
         from advprompts.config.schema import GenerateConfig, parse_config
 
