@@ -156,7 +156,7 @@ def test_logit_margin_keeps_its_gradient_as_the_model_is_fooled_and_stops_past_k
 
 
 def test_per_term_gradients_add_up_to_the_joint_gradient(tiny):
-    from advprompts.optim.batch import backward_per_term as _backward_per_term
+    from advprompts.optim.batch import backward_terms
 
     prompt = LearnablePrompt(tiny.tokenizer, tiny.text_encoder, num_tokens=2, prefix="g")
     losses = LossSet([WeightedTerm(_text(tiny, descriptions=["snow"]), 3.0),
@@ -167,7 +167,7 @@ def test_per_term_gradients_add_up_to_the_joint_gradient(tiny):
     joint = prompt.embeddings.grad.clone()
     prompt.embeddings.grad = None
     _, _, weighted = losses.evaluate(inputs)
-    norms = _backward_per_term(weighted, prompt.embeddings, grad_accum=1)
+    (norms,) = backward_terms([weighted], [prompt.embeddings], grad_accum=1)
     assert torch.allclose(prompt.embeddings.grad, joint, atol=1e-6)
     for label, term in (("text_l2", weighted["text_l2"]), ("text_cosine", weighted["text_cosine"])):
         (g,) = torch.autograd.grad(losses.evaluate(inputs)[2][label], prompt.embeddings)

@@ -70,6 +70,32 @@ def test_first_step_gradients_match_one_prompt_at_a_time(tiny, tmp_path):
         torch.testing.assert_close(together[key], alone[key], rtol=1e-5, atol=1e-5)
 
 
+def test_a_batched_step_with_term_norms_runs_the_networks_as_often_as_one_prompt(tiny, tmp_path):
+    # With gradient checkpointing every backward pass through the sampler calls the UNet again. Logging each
+    # term's gradient norm takes one backward pass per term for the whole batch, not one per prompt and term.
+    config = load_config("tiny-gap", ["prompt.seeds=[0, 1]", "losses.0.warmup=0", "log.grad_norm_every=1"])
+    comps = copy.deepcopy(tiny)
+    calls = []
+    forward = comps.unet.forward
+    comps.unet.forward = lambda *a, **k: (calls.append(len(a[0])), forward(*a, **k))[1]
+    dataset = resolve_dataset(config.data.source, image_size=16)
+    losses = build_losses(config)
+    losses.setup(LossResources(components=comps, task_model=_task().eval().requires_grad_(False),
+                               device=torch.device("cpu")))
+    jobs = jobs_of(config, dataset)
+    counts = []
+    for n, group in enumerate([jobs[:1], jobs]):
+        folder = tmp_path / f"g{n}"
+        folder.mkdir()
+        ctx = RunContext(config, comps, Sampler(comps, gradient_checkpointing=True), losses, dataset,
+                         torch.device("cpu"), folder, OptimLog(folder, losses.labels, False, None))
+        calls.clear()
+        train_step(ctx, [PromptRun(ctx, job) for job in group])
+        counts.append(len(calls))
+    assert len(jobs) == 4 and counts[0] > config.sampler.num_steps  # the backward passes recompute the UNet
+    assert counts[1] == counts[0]
+
+
 def test_a_stopped_prompt_leaves_the_batch_and_the_next_joins(tiny, tmp_path):
     stop = "losses=[{name: test_stop_prompt, params: {key: s0, at: 1}}]"
     config = load_config("tiny-ap", ["prompt.seeds=[0, 1, 2]", "optim.steps=4", "log.tensorboard=false",

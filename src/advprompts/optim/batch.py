@@ -51,20 +51,24 @@ def loss_inputs(ctx: RunContext, rollout, batch: dict, names: list[str], gen, sl
                       class_names=names, generator=gen, prompt_slot=slot, sources=batch["image"].to(ctx.device))
 
 
-def backward_per_term(weighted: dict[str, torch.Tensor], param: torch.Tensor, grad_accum: int,
-                      retain: bool = False) -> dict[str, float]:
-    """Accumulate the terms' gradients into ``param.grad`` one term at a time and return each weighted
-    term's gradient norm (``grad_<label>``): which term moves the prompt, on one scale. ``retain``: keep
-    the graph after the last term (other prompts of the batch still need it)."""
-    norms = {}
-    labels = list(weighted)
+def backward_terms(weighted: list[dict[str, torch.Tensor]], params: list[torch.Tensor], grad_accum: int,
+                   retain: bool = False) -> list[dict[str, float]]:
+    """Accumulate each prompt's terms' gradients into its ``params[k].grad`` one term at a time and return
+    each prompt's weighted-term gradient norms (``grad_<label>``): which term moves the prompt, on one scale.
+    One backward pass per term for all the prompts together: prompt k's embeddings reach no other prompt's
+    loss (batch rows never mix), so the gradient of the sum is each prompt's own. A pass per prompt would
+    run the whole batch's backward once for each of them. ``retain``: keep the graph after the last term."""
+    norms: list[dict[str, float]] = [{} for _ in weighted]
+    labels = list(dict.fromkeys(label for terms in weighted for label in terms))
     for i, label in enumerate(labels):
-        (grad,) = torch.autograd.grad(weighted[label] / grad_accum, param, retain_graph=retain or i < len(labels) - 1,
-                                      allow_unused=True)
-        if grad is None:
-            grad = torch.zeros_like(param)
-        norms[f"grad_{label}"] = float(grad.norm()) * grad_accum
-        param.grad = grad if param.grad is None else param.grad + grad
+        ks = [k for k, terms in enumerate(weighted) if label in terms]
+        total = sum(weighted[k][label] for k in ks) / grad_accum
+        grads = torch.autograd.grad(total, [params[k] for k in ks], retain_graph=retain or i < len(labels) - 1,
+                                    allow_unused=True)
+        for k, grad in zip(ks, grads):
+            grad = torch.zeros_like(params[k]) if grad is None else grad
+            norms[k][f"grad_{label}"] = float(grad.norm()) * grad_accum
+            params[k].grad = grad if params[k].grad is None else params[k].grad + grad
     return norms
 
 
@@ -82,7 +86,7 @@ def train_step(ctx: RunContext, runs: list[PromptRun]) -> None:
         drawn = [draw_call(ctx, run.job.indices, gen, run.text) for run, gen in zip(runs, gens)]
         calls = [call for call, _, _ in drawn]  # one prompt: the sampler's plain call, as it always was
         rollouts = [ctx.sampler(**calls[0])] if len(calls) == 1 else ctx.sampler.rollouts(calls)
-        rest = None  # the prompts whose gradients go back in one pass
+        rest, logged = None, {}  # the prompts whose gradients go back in one pass; those logged per term
         for k, (run, gen, (_, batch, names), rollout) in enumerate(zip(runs, gens, drawn, rollouts)):
             inputs = loss_inputs(ctx, rollout, batch, names, gen, run.job.slot)
             inputs.prompt, inputs.step = run.prompt, run.step
@@ -94,13 +98,18 @@ def train_step(ctx: RunContext, runs: list[PromptRun]) -> None:
                                    f"{run.ckpt_path if run.ckpt_path.is_file() else 'none'}; "
                                    "lower optim.lr or check the loss weights")
             if every and run.step % every == 0:
-                parts.update(backward_per_term(weighted, run.prompt.embeddings, o.grad_accum,
-                                               retain=k < len(runs) - 1 or rest is not None))
+                logged[k] = weighted
             else:
                 rest = total / o.grad_accum if rest is None else rest + total / o.grad_accum
             for name, v in {**parts, "total": float(total.detach())}.items():
                 totals[k][name] = totals[k].get(name, 0.0) + v / o.grad_accum
             stops[k], images[k] = ctx.losses.should_stop(), inputs.images
+        if logged:
+            norms = backward_terms(list(logged.values()), [runs[k].prompt.embeddings for k in logged], o.grad_accum,
+                                   retain=rest is not None)
+            for k, values in zip(logged, norms):
+                for name, v in values.items():
+                    totals[k][name] = totals[k].get(name, 0.0) + v / o.grad_accum
         if rest is not None:
             rest.backward()
     seconds = round((time.perf_counter() - t0) / len(runs), 4)  # a shared step's time, split evenly
