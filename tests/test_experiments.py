@@ -231,8 +231,10 @@ def test_documented_experiment_configs_validate():
                 parse_config(apply_overrides(read_yaml(spec.optimize), spec.set), what=f"{f.name}: {name}")
 
 
-def test_fine_tuning_learns_from_extra_data():
-    """The shared recipe must learn a cue that only the extra data teaches (else no method can help)."""
+@pytest.mark.parametrize("fast", [{}, {"autocast": "bf16", "channels_last": True}], ids=["fp32", "bf16-channels-last"])
+def test_fine_tuning_learns_from_extra_data(fast):
+    """The shared recipe must learn a cue that only the extra data teaches (else no method can help), on its
+    default path and on the opt-in fast path, which must hand back weights safetensors can save."""
     g = torch.Generator().manual_seed(0)
 
     def make(n, flip):  # label = bright square in the top-left; background colour = spurious cue
@@ -244,12 +246,27 @@ def test_fine_tuning_learns_from_extra_data():
 
     train, ood, test = make(64, False), make(64, True), Tensors.concat([make(32, False), make(32, True)])
     torch.manual_seed(0)
-    base = train_classifier(load_task_model("small_cnn", 2), train, TrainRecipe(epochs=3, batch_size=16), seed=0)
+    base = train_classifier(load_task_model("small_cnn", 2), train, TrainRecipe(epochs=3, batch_size=16, **fast), seed=0)
     before = evaluate(base, test)
-    tuned = train_classifier(base, Tensors.concat([train, ood]), TrainRecipe(epochs=4, batch_size=16), seed=1)
+    tuned = train_classifier(base, Tensors.concat([train, ood]), TrainRecipe(epochs=4, batch_size=16, **fast), seed=1)
     after = evaluate(tuned, test)
     assert after.worst_group_acc > before.worst_group_acc + 0.3
     assert after.avg_acc > 0.9
+    assert all(t.is_contiguous() for t in tuned.state_dict().values())
+
+
+def test_config_sets_prompt_batch_and_generation_precision(bench_dir, tmp_path, tiny):
+    """``prompt_batch`` and ``generation.autocast`` in the config reach the optimiser and the generator; the
+    command line's --prompt-batch wins over the config's."""
+    cfg = _config(bench_dir, prompt_batch=4, generation={"steps": 2, "guidance_scale": 3.0, "batch_size": 8,
+                                                         "autocast": "bf16"},
+                  methods={"agnostic": {"kind": "text", "prompts": ["a photo of a {class}"]}}, budgets=[1.0])
+    assert ExperimentRunner(cfg, tmp_path / "cli", components=tiny, progress=False, prompt_batch=2).prompt_batch == 2
+    runner = ExperimentRunner(cfg, tmp_path / "exp", components=tiny, progress=False)
+    assert runner.prompt_batch == 4
+    runner.run()
+    stored = yaml.safe_load((tmp_path / "exp" / "pools" / "agnostic-s0" / "u0" / "generate.yaml").read_text())
+    assert stored["model"]["autocast"] == "bf16"
 
 
 def test_macro_f1_averages_the_classes_present_in_the_labels():

@@ -41,6 +41,8 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert res["gpu_sd15"] is None or _positive(res["gpu_sd15"]["peak_gb"])
     # The batched prompts learn what the one-at-a-time ones learn (float rounding of a larger batch aside).
     assert res["prompt_batch"]["prompts"] == 4 and res["prompt_batch"]["max_embedding_diff"] < 1e-4
+    # The fine-tuning fast path: a ratio and how often its model predicts what the fp32 one does.
+    assert _positive(res["finetune_fast_speedup"]) and 0 <= res["finetune_fast"]["prediction_agreement"] <= 1
     assert "step_overhead_ratio" in result.output and "generate_speedup_vs_diffusers" in result.output
 
 

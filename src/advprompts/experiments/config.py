@@ -104,6 +104,7 @@ class GenerationSettings(StrictModel):
     latent_mask: LatentMask = "nearest"     # see SamplerConfig.latent_mask
     negative_prompt: str | None = None      # see SamplerConfig.negative_prompt
     class_words: dict[str, str] = Field(default_factory=dict)  # see PromptConfig; also used while optimising
+    autocast: Literal["bf16", "fp16"] | None = None  # mixed-precision generation (opt-in; see ModelConfig.autocast)
 
 
 class TaskSpec(StrictModel):
@@ -134,6 +135,9 @@ class ExperimentConfig(StrictModel):
     generation: GenerationSettings = GenerationSettings()
     transfer: list[str] = []                # other task architectures fine-tuned on the same extra data
     transfer_methods: list[str] = []        # which methods get a transfer row (default: all)
+    # Optimise up to this many prompts of a method together (optimize's --prompt-batch; results equal one at
+    # a time up to float rounding; None: one at a time). The command line's --prompt-batch overrides it.
+    prompt_batch: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _budgets(self) -> "ExperimentConfig":

@@ -72,7 +72,8 @@ def generate_units(units: list[dict], pool_dir: Path, components, settings, seed
         if not unit["sources"]:
             continue
         config = GenerateConfig(
-            model=ModelConfig(diffusion=components.source or "embedded", device=device),
+            model=ModelConfig(diffusion=components.source or "embedded", device=device,
+                              autocast=settings.autocast or "none"),
             sampler=SamplerConfig(num_steps=settings.steps, guidance_scale=settings.guidance_scale,
                                   strength=settings.strength, eta=settings.eta, conditioning="inpaint", paste=True,
                                   latent_mask=settings.latent_mask, negative_prompt=settings.negative_prompt),

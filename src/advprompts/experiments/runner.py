@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 class ExperimentRunner:
     """Runs (and resumes) one experiment into ``out``; ``say`` prints one-line progress messages.
     ``prompt_batch``: optimise up to that many prompts of a method together (``optimize``'s option;
-    None: one at a time). ``reuse``: another experiment folder whose finished stages that this config
+    None: the config's ``prompt_batch``, which defaults to one at a time). ``reuse``: another experiment folder whose finished stages that this config
     makes the same way are copied in first (:mod:`advprompts.experiments.reuse`). Every stage's wall
     time goes to ``out/profile.csv`` (``self.profile``)."""
 
@@ -54,7 +54,7 @@ class ExperimentRunner:
         from advprompts.data import resolve_dataset
 
         self.config, self.out, self.progress, self.say = config, Path(out), progress, say
-        self.prompt_batch = prompt_batch
+        self.prompt_batch = prompt_batch if prompt_batch is not None else config.prompt_batch
         fingerprint = config.model_dump(mode="json")
         prepare_run_dir(self.out, fingerprint, "experiment.yaml", resume=False, overwrite=overwrite,
                         auto_resume=True, create=False)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from advprompts.perf import batching, generation, memory, models, step
+from advprompts.perf import batching, generation, memory, models, step, training
 from advprompts.perf.suites import get_suite
 from advprompts.errors import ConfigError
 from advprompts.hardware import cpu_name
@@ -71,22 +71,24 @@ def run_benchmark(suite: str = "full", json_path: str | Path | None = None, *, t
         res["model"] = note
         task = models.task_model(dev)
         args = (s, comps, clip_spec, task, dev)
-        say("[1/8] step overhead: a GAP step against its networks' isolated forward + backward")
+        say("[1/9] step overhead: a GAP step against its networks' isolated forward + backward")
         res.update(step.step_overhead(*args))
-        say(f"[2/8] step time at K = {', '.join(map(str, s.scaling_steps))}")
+        say(f"[2/9] step time at K = {', '.join(map(str, s.scaling_steps))}")
         res["steps_scaling"] = step.steps_scaling(*args)
-        say("[3/8] step time vs batch and resolution")
+        say("[3/9] step time vs batch and resolution")
         res["size_scaling"] = step.size_sweep(*args)
-        say("[4/8] torch.profiler of one step")
+        say("[4/9] torch.profiler of one step")
         res["profile"] = step.profile_step(*args)
-        say(f"[5/8] generation vs diffusers ({s.gen_images} images, {s.gen_steps} steps)")
+        say(f"[5/9] generation vs diffusers ({s.gen_images} images, {s.gen_steps} steps)")
         res.update(generation.generation_speedup(s, comps, dev))
-        say(f"[6/8] {s.batch_prompts} prompts batched vs one at a time ({s.batch_steps} steps)")
+        say(f"[6/9] {s.batch_prompts} prompts batched vs one at a time ({s.batch_steps} steps)")
         res.update(batching.prompt_batch_speedup(s, comps, task, dev))
-    say(f"[7/8] checkpointing memory ({s.memory_model} architecture, {s.memory_size} px, K={s.memory_steps})")
+    say(f"[7/9] task-model fine-tuning: fp32 against bf16 + channels-last ({s.train_images} images)")
+    res.update(training.finetune_fast_speedup(s, dev))
+    say(f"[8/9] checkpointing memory ({s.memory_model} architecture, {s.memory_size} px, K={s.memory_steps})")
     res.update(memory.checkpoint_memory(s, dev))
     if dev.type == "cuda" and s.name == "full":
-        say(f"[8/8] SD 1.5 on the GPU ({s.gpu_size} px, batch {s.gpu_batch})")
+        say(f"[9/9] SD 1.5 on the GPU ({s.gpu_size} px, batch {s.gpu_batch})")
         res["gpu_sd15"] = memory.gpu_sd15(s, dev)
     else:
         res["gpu_sd15"] = None  # no GPU (or the quick suite): not measured
@@ -126,6 +128,10 @@ def table_rows(res: dict) -> list[tuple[str, str, str, str]]:
          f"{res['prompt_batch']['prompts']} prompts x {res['prompt_batch']['batch_size']} images: "
          f"{fmt(res['prompt_batch']['batched_s_per_prompt_step'])} vs "
          f"{fmt(res['prompt_batch']['one_at_a_time_s_per_prompt_step'])} s per prompt-step"),
+        ("finetune_fast_speedup", fmt(res["finetune_fast_speedup"]), "(no target)",
+         f"small CNN, {res['finetune_fast']['images']} images: {fmt(res['finetune_fast']['fast_s_per_step'])} vs "
+         f"{fmt(res['finetune_fast']['fp32_s_per_step'])} s per step; equal predictions "
+         f"{res['finetune_fast']['prediction_agreement']:.1%}"),
     ]
     for name, v in gen["variants"].items():
         rows.append((f"  generate[{name}]", fmt(v.get("speedup")), "",

@@ -44,6 +44,8 @@ class Suite:
     batch_prompts: int = 8                # prompt_batch_speedup: prompts optimised together vs one at a time,
     batch_prompt_size: int = 4            # each on a batch of this many images,
     batch_steps: int = 3                  # for this many steps
+    train_images: int = 1024              # finetune_fast_speedup: small-CNN fine-tuning on this many images,
+    train_epochs: int = 2                 # for this many epochs, fp32 against bf16 + channels-last
 
 
 SUITES: dict[str, Suite] = {
@@ -51,7 +53,7 @@ SUITES: dict[str, Suite] = {
                    timed_steps=2, repeats=2, scaling_timed=1, sweep_batch=(1,), sweep_size=(32,), gen_steps=2,
                    gen_batch=2, gen_images=8, gen_repeats=1, gen_variants=("channels_last", "bf16"),
                    memory_model="tiny", memory_size=128, memory_subprocess=False, batch_prompts=4,
-                   batch_prompt_size=2, batch_steps=2),
+                   batch_prompt_size=2, batch_steps=2, train_images=128, train_epochs=1),
     "full": Suite(name="full", model="embedded", image_size=64),
 }
 

@@ -34,6 +34,9 @@ class TrainRecipe(BaseModel):
     blur: float = Field(0.0, ge=0, le=1)           # probability of a random Gaussian blur (sigma 0.3-1.5): makes
                                                    # the model indifferent to the generator's softer textures
     extra_weight: float = Field(1.0, gt=0)         # sampling weight of an extra image relative to a train image
+    autocast: Literal["bf16"] | None = None        # bfloat16 autocast of forward and backward (opt-in fast path,
+                                                   # not bit-identical; docs/performance.md measures it)
+    channels_last: bool = False                    # channels-last convolutions (opt-in; pays together with bf16)
 
 
 @dataclass
@@ -104,6 +107,8 @@ def train_classifier(model: torch.nn.Module, data: Tensors, recipe: TrainRecipe,
 
     g = torch.Generator().manual_seed(seed)
     device = model_device(model)
+    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)  # before the optimiser is built, so that it holds the converted weights
     params = list(_head(model).parameters()) if recipe.mode == "last_layer" else list(model.parameters())
     model.requires_grad_(recipe.mode == "full")
     for p in params:
@@ -117,6 +122,7 @@ def train_classifier(model: torch.nn.Module, data: Tensors, recipe: TrainRecipe,
     if data.augment is not None and recipe.extra_weight != 1.0:
         weights[data.augment] = recipe.extra_weight
     aug = _augmenter(augment, int(data.labels.max()) + 1, g)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.autocast == "bf16")
     model.train()
     if recipe.mode == "last_layer":  # frozen features: keep BatchNorm statistics too
         for m in model.modules():
@@ -142,13 +148,16 @@ def train_classifier(model: torch.nn.Module, data: Tensors, recipe: TrainRecipe,
                 x_aug, y_aug = aug(x[sel], y[sel])
                 x, y = x.clone(), y.clone()
                 x[sel], y[sel] = x_aug, y_aug
-            loss = torch.sum(-y * F.log_softmax(model(x), 1), 1).mean()
+            with autocast:
+                logits = model(x.contiguous(memory_format=memory_format))
+            loss = torch.sum(-y * F.log_softmax(logits.float(), 1), 1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             bar.update(1)
     bar.close()
+    model.to(memory_format=torch.contiguous_format)  # safetensors saves contiguous tensors only
     return model.eval()
 
 
@@ -206,6 +215,7 @@ class Evaluation:
                 **{f"acc_{g}": round(a, 4) for g, a in sorted(self.group_acc.items())}}
 
 
+@torch.no_grad()
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     model.eval()
