@@ -10,7 +10,7 @@ import typer
 
 def main(
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("runs/demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="The 3-minute version (fewer steps and images).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="The 90-second version (fewer steps and images).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in --out.")] = False,
 ) -> None:
     from advprompts.errors import require_extra
