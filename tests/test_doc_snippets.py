@@ -90,7 +90,7 @@ TUTORIAL_SUBS = {
     "embedded-inpaint": "tiny-inpaint", SD15: "tiny", **RESNET, "image_size=224": "image_size=16",
     "waterbirds-synth:train": "folder:train@wb", "waterbirds-synth:test": "folder:test@wb",
     "from_pretrained(sd_path())": 'from_pretrained("sd")',  # a tiny pipeline folder
-    "num_inference_steps=15": "num_inference_steps=2", "epochs=6": "epochs=1", "epochs=5": "epochs=1",
+    "num_inference_steps=15": "num_inference_steps=2", "epochs=5": "epochs=1",
     '.to("cuda")': '.to("cpu")',
 }
 ENGINE_SUBS = {"optim.steps=20": "optim.steps=1", "num_steps=15": "num_steps=2",
