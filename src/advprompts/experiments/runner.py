@@ -44,9 +44,9 @@ logger = logging.getLogger(__name__)
 class ExperimentRunner:
     """Runs (and resumes) one experiment into ``out``; ``say`` prints one-line progress messages.
     ``prompt_batch``: optimise up to that many prompts of a method together (``optimize``'s option;
-    None: the config's ``prompt_batch``, which defaults to one at a time). ``reuse``: another experiment folder whose finished stages that this config
-    makes the same way are copied in first (:mod:`advprompts.experiments.reuse`). Every stage's wall
-    time goes to ``out/profile.csv`` (``self.profile``)."""
+    None: the config's ``prompt_batch``, whose default is one at a time). ``reuse``: another experiment
+    folder whose finished stages that this config makes the same way are copied in first
+    (:mod:`advprompts.experiments.reuse`). Every stage's wall time goes to ``out/profile.csv`` (``self.profile``)."""
 
     def __init__(self, config: ExperimentConfig, out: str | Path, *, overwrite: bool = False,
                  components=None, progress: bool = True, say: Callable[[str], None] = logger.info,
