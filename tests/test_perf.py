@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from typer.testing import CliRunner
 
 from advprompts.cli.app import app
+from advprompts.perf import run_benchmark, table_rows
+from advprompts.perf import runner as bench_runner
 
 runner = CliRunner()
 
@@ -38,7 +42,12 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     mem = res["checkpoint_memory"]
     assert _positive(mem["with_checkpointing"]["step_mb"]) and _positive(mem["without_checkpointing"]["step_mb"])
     assert res["profile"]["top_ops"] and "Self CPU" in res["profile"]["by_time"]
-    assert res["gpu_sd15"] is None or _positive(res["gpu_sd15"]["peak_gb"])
+    assert res["gpu_sd15"] is None and res["complete"] is True
+    # A GPU run adds one row per SD 1.5 batch size to the table.
+    gpu = {"image_size": 512, "num_steps": 5, "runs": [{"batch_size": b, "seconds_per_step": 0.1 * b,
+                                                        "peak_gb": 3.0 * b} for b in (1, 4)]}
+    rows = [r for r in table_rows({**res, "gpu_sd15": gpu}) if r[0].startswith("gpu_sd15")]
+    assert [r[0] for r in rows] == ["gpu_sd15[batch 1]", "gpu_sd15[batch 4]"] and "12.0 GB at 512 px" in rows[1][3]
     # The batched prompts learn what the one-at-a-time ones learn (float rounding of a larger batch aside).
     assert res["prompt_batch"]["prompts"] == 4 and res["prompt_batch"]["max_embedding_diff"] < 1e-4
     # The fine-tuning fast path: a ratio and how often its model predicts what the fp32 one does.
@@ -49,3 +58,20 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
 def test_unknown_suite_is_one_line_exit_2():
     result = runner.invoke(app, ["benchmark", "--suite", "huge"])
     assert result.exit_code == 2 and "huge" in result.output and "quick" in result.output
+
+
+def test_a_benchmark_cut_short_keeps_its_finished_sections(tmp_path, monkeypatch):
+    def boom(*args):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(bench_runner.step, "steps_scaling", boom)
+    path = tmp_path / "bench.json"
+    with pytest.raises(RuntimeError, match="killed"):
+        run_benchmark("quick", path, threads=1)
+    res = json.loads(path.read_text())
+    assert res["complete"] is False and _positive(res["step_overhead_ratio"]) and "steps_scaling" not in res
+
+
+def test_gpu_targets_hold_prompt_batching_to_3():
+    assert bench_runner.targets_for("cuda")["prompt_batch_speedup"] == (">=", 3.0)
+    assert bench_runner.targets_for("cpu")["prompt_batch_speedup"] == (">=", 1.2)

@@ -19,14 +19,19 @@ from advprompts.hardware import cpu_name
 
 logger = logging.getLogger(__name__)
 
-#: key -> (comparison, target) from issue 5 (prompt_batch_speedup: issue 26, 2 CPU cores; 3 on a GPU).
+#: key -> (comparison, target); prompt batching is held to 1.2 on 2 CPU cores (the rollout's own batching
+#: ceiling there is about 1.26) and to 3 on a GPU, where small rollouts are launch-bound.
 TARGETS = {"step_overhead_ratio": ("<=", 1.10), "generate_speedup_vs_diffusers": (">=", 1.3),
            "checkpoint_memory_ratio": ("<=", 0.4), "prompt_batch_speedup": (">=", 1.2)}
+GPU_TARGETS = {**TARGETS, "prompt_batch_speedup": (">=", 3.0)}
 
 
-def _met(key: str, value: float) -> bool:
-    op, target = TARGETS[key]
-    return bool(value <= target if op == "<=" else value >= target)
+def targets_for(device_type: str) -> dict[str, tuple[str, float]]:
+    return GPU_TARGETS if device_type == "cuda" else TARGETS
+
+
+def _met(value: float | None, op: str, target: float) -> bool:
+    return value is not None and bool(value <= target if op == "<=" else value >= target)
 
 
 def _clean(value):
@@ -65,43 +70,50 @@ def run_benchmark(suite: str = "full", json_path: str | Path | None = None, *, t
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     res: dict = {"suite": s.name, "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                 "python": platform.python_version(), "cpu": cpu_name()}
+                 "python": platform.python_version(), "cpu": cpu_name(), "complete": False}
+
+    def save() -> None:  # after every section: a run cut short (a time limit, a crash) keeps what it measured
+        if json_path is not None:
+            from advprompts.fsio import atomic_write_text
+
+            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(json_path, json.dumps(_clean({**res, "wall_s": time.perf_counter() - t0}), indent=2))
+
+    def section(title: str, fn: Callable[[], dict], key: str | None = None) -> None:
+        say(title)
+        out = fn()
+        res.update({key: out} if key else out)
+        save()
+
     with models.workdir() as tmp:
         comps, clip_spec, note = models.load_models(s.model, dev, Path(tmp))
         res["model"] = note
         task = models.task_model(dev)
         args = (s, comps, clip_spec, task, dev)
-        say("[1/9] step overhead: a GAP step against its networks' isolated forward + backward")
-        res.update(step.step_overhead(*args))
-        say(f"[2/9] step time at K = {', '.join(map(str, s.scaling_steps))}")
-        res["steps_scaling"] = step.steps_scaling(*args)
-        say("[3/9] step time vs batch and resolution")
-        res["size_scaling"] = step.size_sweep(*args)
-        say("[4/9] torch.profiler of one step")
-        res["profile"] = step.profile_step(*args)
-        say(f"[5/9] generation vs diffusers ({s.gen_images} images, {s.gen_steps} steps)")
-        res.update(generation.generation_speedup(s, comps, dev))
-        say(f"[6/9] {s.batch_prompts} prompts batched vs one at a time ({s.batch_steps} steps)")
-        res.update(batching.prompt_batch_speedup(s, comps, task, dev))
-    say(f"[7/9] task-model fine-tuning: fp32 against bf16 + channels-last ({s.train_images} images)")
-    res.update(training.finetune_fast_speedup(s, dev))
-    say(f"[8/9] checkpointing memory ({s.memory_model} architecture, {s.memory_size} px, K={s.memory_steps})")
-    res.update(memory.checkpoint_memory(s, dev))
+        section("[1/9] step overhead: a GAP step against its networks' isolated forward + backward",
+                lambda: step.step_overhead(*args))
+        section(f"[2/9] step time at K = {', '.join(map(str, s.scaling_steps))}",
+                lambda: step.steps_scaling(*args), "steps_scaling")
+        section("[3/9] step time vs batch and resolution", lambda: step.size_sweep(*args), "size_scaling")
+        section("[4/9] torch.profiler of one step", lambda: step.profile_step(*args), "profile")
+        section(f"[5/9] generation vs diffusers ({s.gen_images} images, {s.gen_steps} steps)",
+                lambda: generation.generation_speedup(s, comps, dev))
+        section(f"[6/9] {s.batch_prompts} prompts batched vs one at a time ({s.batch_steps} steps)",
+                lambda: batching.prompt_batch_speedup(s, comps, task, dev))
+    section(f"[7/9] task-model fine-tuning: fp32 against bf16 + channels-last ({s.train_images} images)",
+            lambda: training.finetune_fast_speedup(s, dev))
+    section(f"[8/9] checkpointing memory ({s.memory_model} architecture, {s.memory_size} px, K={s.memory_steps})",
+            lambda: memory.checkpoint_memory(s, dev))
+    res["gpu_sd15"] = None  # no GPU (or the quick suite): not measured
     if dev.type == "cuda" and s.name == "full":
-        say(f"[9/9] SD 1.5 on the GPU ({s.gpu_size} px, batch {s.gpu_batch})")
-        res["gpu_sd15"] = memory.gpu_sd15(s, dev)
-    else:
-        res["gpu_sd15"] = None  # no GPU (or the quick suite): not measured
-    res["targets"] = {k: {"target": f"{op} {v}", "value": res[k], "met": _met(k, res[k])}
-                      for k, (op, v) in TARGETS.items()}
+        section(f"[9/9] SD 1.5 AP step on the GPU ({s.gpu_size} px, batch {', '.join(map(str, s.gpu_batches))})",
+                lambda: memory.gpu_sd15(s, dev), "gpu_sd15")
+    res["targets"] = {k: {"target": f"{op} {v}", "value": res[k], "met": _met(res[k], op, v)}
+                      for k, (op, v) in targets_for(dev.type).items()}
+    res["complete"] = True
     res["wall_s"] = time.perf_counter() - t0
-    res = _clean(res)
-    if json_path is not None:
-        from advprompts.fsio import atomic_write_text
-
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json_path, json.dumps(res, indent=2))
-    return res
+    save()
+    return _clean(res)
 
 
 def table_rows(res: dict) -> list[tuple[str, str, str, str]]:
@@ -138,8 +150,10 @@ def table_rows(res: dict) -> list[tuple[str, str, str, str]]:
                      v.get("error") or f"{fmt(v['images_per_s'], '.2f')} img/s"))
     if res.get("gpu_sd15"):
         g = res["gpu_sd15"]
-        rows.append(("gpu_sd15", f"{fmt(g['seconds_per_step'])} s/step", "fits 20 GB",
-                     f"peak {fmt(g['peak_gb'], '.1f')} GB at {g['image_size']} px, batch {g['batch_size']}, bf16"))
+        for run in g["runs"]:
+            rows.append((f"gpu_sd15[batch {run['batch_size']}]", f"{fmt(run['seconds_per_step'])} s/step",
+                         "fits 20 GB", f"peak {fmt(run['peak_gb'], '.1f')} GB at {g['image_size']} px, "
+                         f"K={g['num_steps']}, bf16 + checkpointing"))
     return rows
 
 

@@ -39,8 +39,8 @@ class Suite:
     memory_size: int = 256
     memory_steps: int = 5
     memory_subprocess: bool = True        # one fresh process per memory measurement
-    gpu_size: int = 384                   # SD 1.5 figures when a GPU is present
-    gpu_batch: int = 8
+    gpu_size: int = 512                   # SD 1.5 AP step time and peak memory when a GPU is present,
+    gpu_batches: tuple[int, ...] = (1, 4)  # at these batch sizes
     batch_prompts: int = 8                # prompt_batch_speedup: prompts optimised together vs one at a time,
     batch_prompt_size: int = 4            # each on a batch of this many images,
     batch_steps: int = 3                  # for this many steps
