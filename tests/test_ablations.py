@@ -113,6 +113,7 @@ def test_source_split_paints_around_another_splits_images(bench_dir, tmp_path, t
 def test_reuse_copies_the_stages_a_new_config_makes_the_same_way(bench_dir, tmp_path, tiny):
     from advprompts.errors import ConfigError
     from advprompts.experiments.reuse import reuse_stages
+    from advprompts.fsio import read_csv
 
     ap = {"kind": "optimized", "optimize": "tiny-ap", "set": ["optim.steps=2", "log.tensorboard=false"]}
     methods = {"no_extra": {"kind": "no_extra"}, "agnostic": {"kind": "text", "prompts": ["a photo of a {class}"]},
@@ -131,18 +132,16 @@ def test_reuse_copies_the_stages_a_new_config_makes_the_same_way(bench_dir, tmp_
     got = files(tmp_path / "new")
     assert {f.split("/")[0] + "/" + f.split("/")[1] for f in got if "/" in f} == {
         "cells/ap-n4-s0.json", "cells/no_extra-n0-s0.json", "cells/real_ood-n4-s0.json",
-        "models/base-small_cnn-s0.safetensors", "pools/ap-s0", "prompts/ap-s0", "prompts/ap_ood-s0"}
-    prompts = [f for f in got if f.startswith("prompts/ap_ood-s0/") and f.endswith(".safetensors")]
-    assert prompts and all((tmp_path / "new" / f).read_bytes() ==
-                           (tmp_path / "old" / f.replace("ap_ood", "ap")).read_bytes() for f in prompts)
-    assert str((tmp_path / "old").resolve()) not in (tmp_path / "new/prompts/ap_ood-s0/config.yaml").read_text()
-    for rel in [f for f in got if f.startswith(("cells/", "models/", "pools/"))]:
-        assert (tmp_path / "new" / rel).read_bytes() == (tmp_path / "old" / rel).read_bytes()
-    log = (tmp_path / "new/prompts/ap_ood-s0/log.csv").read_text()
+        "models/base-small_cnn-s0.safetensors", "pools/ap-s0", "prompts/ap-s0"}
+    assert str((tmp_path / "old").resolve()) not in (tmp_path / "new/prompts/ap-s0/config.yaml").read_text()
+    for rel in [f for f in got if f.startswith(("cells/", "models/", "pools/", "prompts/"))]:
+        assert (tmp_path / "new" / rel).read_bytes() == (tmp_path / "old" / rel).read_bytes() or rel.endswith(".yaml")
+    log = (tmp_path / "new/prompts/ap-s0/log.csv").read_text()
     rows = runner.run()
-    assert (tmp_path / "new/prompts/ap_ood-s0/log.csv").read_text() == log  # found, not optimised again
-    assert all((tmp_path / "new" / f).read_bytes() == (tmp_path / "old" / f.replace("ap_ood", "ap")).read_bytes()
-               for f in prompts)
+    assert (tmp_path / "new/prompts/ap-s0/log.csv").read_text() == log  # found, not optimised again
+    used = {r["prompt_file"] for r in read_csv(tmp_path / "new/pools/ap_ood-s0/metadata.csv")}
+    assert used and all("/prompts/ap-s0/" in f for f in used)  # ap_ood paints with AP's own prompts
+    assert not (tmp_path / "new/prompts/ap_ood-s0").exists()
     old_rows = {(r["method"], r["n_extra"]): r for r in json_rows(tmp_path / "old")}
     assert [r for r in rows if r["method"] == "no_extra"] == [old_rows[("no_extra", 0)]]
     assert {r["method"] for r in rows} == {"no_extra", "agnostic", "real_ood", "ap", "noisy", "ap_ood"}
@@ -159,3 +158,47 @@ def json_rows(out):
     import json
 
     return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+
+
+def test_source_match_paints_each_groups_prompt_around_sources_of_its_kind(tmp_path, tiny):
+    """`source_match: time`: the prompt found for the target's night group paints around train's night images
+    only, the day group's around day images; the prompts are found as without (the same optimisation)."""
+    from advprompts.experiments.report import ablation_lines
+    from advprompts.fsio import read_csv
+
+    spec = dict(SMALL_BENCH, target_split="target", group="{class}-{time}")
+    spec["splits"] = {
+        "train": {"size": 16, "cells": [{"classes": ["waterbird"], "places": "water", "times": ["day"]},
+                                        {"classes": ["landbird"], "places": "land", "times": ["night"]}]},
+        "test": SMALL_BENCH["splits"]["test"],
+        "target": {"size": 4, "balanced": True, "cells": [
+            {"classes": ["waterbird"], "places": "land", "times": ["night"]},
+            {"classes": ["landbird"], "places": "water", "times": ["day"]}]}}
+    bench = export_benchmark(Benchmark(**spec), tmp_path / "bench-t")
+    gap = {"kind": "optimized", "optimize": "tiny-gap", "per_group": True, "set": ["optim.steps=1"]}
+    cfg = _config(bench, target_split="target", ood_split=None, max_extra=8, budgets=[1.0],
+                  methods={"gap": gap, "gap_matched": dict(gap, source_match="time")})
+    runner = ExperimentRunner(cfg, tmp_path / "e", components=tiny, progress=False)
+    rows = read_csv(bench / "metadata.csv")
+    train_time = {r["file_name"]: r["time"] for r in rows if r["split"] == "train"}
+    target_time = {r["group"]: r["time"] for r in rows if r["split"] == "target"}
+    times = {}
+    for name in cfg.methods:
+        runner.pool(name, cfg.methods[name], 0)
+        for row in read_csv(tmp_path / "e" / "pools" / f"{name}-s0" / "metadata.csv"):
+            group = Path(row["prompt_file"]).parent.name
+            times.setdefault(name, {}).setdefault(group, set()).add(train_time[row["source_file"]])
+    assert target_time == {"waterbird-night": "night", "landbird-day": "day"}
+    assert times["gap_matched"] == {g: {t} for g, t in target_time.items()}  # each group: its own time only
+    assert times["gap"] == {g: {"day", "night"} for g in target_time}        # without: sources of both
+    # The same optimisation, so the ablation paints with GAP's own prompts (found once).
+    used = {r["prompt_file"] for r in read_csv(tmp_path / "e" / "pools" / "gap_matched-s0" / "metadata.csv")}
+    assert used and all("/prompts/gap-s0/" in f for f in used) and not (tmp_path / "e/prompts/gap_matched-s0").exists()
+    assert ablation_lines(cfg)[2] == "- `gap_matched`: each target group's prompt generated around the images " \
+                                     "with that group's `time`"
+    with pytest.raises(ValueError, match="per_group optimized"):
+        _config(bench, methods={"t": {"kind": "text", "source_match": "time"}})
+    bad = _config(bench, target_split="target", ood_split=None, max_extra=8, budgets=[1.0],
+                  methods={"g": dict(gap, source_match="caption")})
+    with pytest.raises(ConfigError, match="no single value"):
+        ExperimentRunner(bad, tmp_path / "bad", components=tiny, progress=False).pool("g", bad.methods["g"], 0)

@@ -66,6 +66,9 @@ class MethodSpec(StrictModel):
     source_split: str | None = None         # text / random / optimized: generate from this split's labelled images
                                             # instead of train's (the prompts are still found on train); with the
                                             # evaluated shift's split an ablation: sources no method has
+    # per_group optimized: each group's prompt paints around sources whose metadata column of this name equals
+    # the group's (e.g. `time`: the night groups' prompts get train's night images); prompts are found as without
+    source_match: str | None = None
 
     @field_validator("prompts")
     @classmethod
@@ -86,9 +89,16 @@ class MethodSpec(StrictModel):
             raise ValueError("`pool_of` (the method whose pool is reused) goes with `kind: derived`, and only there")
         if self.source_split is not None and not self.generated:
             raise ValueError("`source_split` applies to generated methods (text, random, optimized) only")
+        if self.source_match is not None and not (self.kind == "optimized" and self.per_group):
+            raise ValueError("`source_match` applies to per_group optimized methods only")
         if (self.label_noise or self.oracle_filter) and self.kind == "no_extra":
             raise ValueError("`label_noise` and `oracle_filter` change a pool; no_extra has none")
         return self
+
+    def finding(self) -> "MethodSpec":
+        """What decides the prompts this method finds: the spec without the sources its pool paints around
+        (methods equal here find the same prompts, so one run's prompts serve them all)."""
+        return self.model_copy(update={"source_split": None, "source_match": None})
 
     @property
     def generated(self) -> bool:

@@ -84,8 +84,11 @@ def pool_units(runner, name: str, spec, seed: int, pool_dir: Path, comps, weight
                                 template=spec.template)
             files.append(p.save(pool_dir / "prompts" / f"prompt_{i}.safetensors"))
         return [{"prompt_files": files, "sources": source_picks(train, n, len(files), draw)}]
+    results = runner.optimize_prompts(name, spec, seed, comps, weights, rnd)
+    if spec.source_match:
+        return matched_units(runner, spec.source_match, train, results, n, draw)
     by_class: dict[int | None, list[Path]] = {}
-    for r in runner.optimize_prompts(name, spec, seed, comps, weights, rnd):
+    for r in results:
         by_class.setdefault(r.class_label, []).append(r.file)
     if list(by_class) == [None]:
         files = by_class[None]
@@ -94,6 +97,31 @@ def pool_units(runner, name: str, spec, seed: int, pool_dir: Path, comps, weight
     per_class = n / len(by_class)
     return [{"prompt_files": files, "sources": source_picks(train, per_class, len(files), draw, label)}
             for label, files in sorted(by_class.items())]
+
+
+def matched_units(runner, column: str, train, results, n: int, draw: int) -> list[dict]:
+    """Per-group prompts, each painting around the sources whose ``column`` equals its target group's
+    (equal images per group). A prompt's group is its run folder's name."""
+    from advprompts.data import resolve_dataset
+
+    target = resolve_dataset(runner.config.benchmark, split=runner.config.target_split, image_size=runner.image_size)
+    by_group: dict[str, list[Path]] = {}
+    for r in results:
+        by_group.setdefault(r.file.parent.name, []).append(r.file)
+    values = [row.get(column) for row in train.rows]
+    units = []
+    for k, (group, files) in enumerate(sorted(by_group.items()), start=1):
+        wanted = {row.get(column) for row in target.rows if (row.get("group") or "all") == group}
+        if len(wanted) != 1 or None in wanted:
+            raise ConfigError(f"source_match: {column!r}: target group {group!r} has no single value of that "
+                              f"column ({sorted(map(str, wanted))}); name a column each group has one value of")
+        among = np.array([v in wanted for v in values])
+        if not among.any():
+            raise ConfigError(f"source_match: no {runner.config.train_split} image has {column} = {wanted.pop()!r} "
+                              f"(target group {group!r}); name another column")
+        units.append({"prompt_files": files,
+                      "sources": source_picks(train, n / len(by_group), len(files), draw, among=among, stream=k)})
+    return units
 
 
 def target_descriptions(dataset) -> list[str]:

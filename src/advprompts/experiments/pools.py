@@ -51,11 +51,14 @@ def dataset_labels(dataset) -> np.ndarray:
     return np.array([r["label"] for r in rows] if rows is not None else [dataset[i]["label"] for i in range(len(dataset))])
 
 
-def source_picks(dataset, n_images: int, prompts_per_source: int, seed: int, label: int | None = None) -> list[int]:
-    """Random train sources (of one class, or all) so that sources x prompts ~ ``n_images``."""
+def source_picks(dataset, n_images: int, prompts_per_source: int, seed: int, label: int | None = None,
+                 among: np.ndarray | None = None, stream: int = 0) -> list[int]:
+    """Random train sources (of one class, or all; only where ``among`` is true when given) so that
+    sources x prompts ~ ``n_images``; ``stream`` separates the draws of several calls."""
     labels = dataset_labels(dataset)
-    candidates = np.flatnonzero(labels == label) if label is not None else np.arange(len(labels))
-    rng = np.random.default_rng([seed, 7, 0 if label is None else label + 1])
+    keep = np.ones(len(labels), dtype=bool) if among is None else np.asarray(among, dtype=bool)
+    candidates = np.flatnonzero(keep & (labels == label)) if label is not None else np.flatnonzero(keep)
+    rng = np.random.default_rng([seed, 7, 0 if label is None else label + 1, *([stream] if stream else [])])
     n = min(len(candidates), math.ceil(n_images / prompts_per_source))
     return sorted(rng.choice(candidates, n, replace=False).tolist())
 

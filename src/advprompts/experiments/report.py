@@ -105,7 +105,8 @@ def adversary_tables(rows: list[dict], config, n_extra: int | None = None) -> li
 
 
 def ablation_lines(config) -> list[str]:
-    """What each ablation row changed (``pool_of``, ``oracle_filter``, ``label_noise``, ``source_split``):
+    """What each ablation row changed (``pool_of``, ``oracle_filter``, ``label_noise``, ``source_split``,
+    ``source_match``):
     such rows test why a method works, and some use information no method has (the oracle, the target's
     labelled images). Empty without ablations."""
     lines = []
@@ -115,7 +116,9 @@ def ablation_lines(config) -> list[str]:
              if spec.oracle_filter else []) + \
             ([f"{100 * spec.label_noise:.0f}% of the labels replaced by a random other class"] if spec.label_noise else []) + \
             ([f"generated around the labelled images of `{spec.source_split}`"]
-             if spec.source_split not in (None, config.train_split) else [])
+             if spec.source_split not in (None, config.train_split) else []) + \
+            ([f"each target group's prompt generated around the images with that group's `{spec.source_match}`"]
+             if spec.source_match else [])
         if changes:
             lines.append(f"- `{name}`: " + "; ".join(changes))
     return ["## Ablations", "", *lines, ""] if lines else []

@@ -4,7 +4,7 @@ An ablation or a new method beside a finished sweep needs the sweep's base model
 cells, not hours to compute them again. What is copied is what the two configs make the same way: base
 models and target-image folders when the benchmark, task model, training and generation settings match;
 an optimised method's prompts when a method of the old experiment finds them the same way (the same spec
-but for ``source_split``, under any name); a method's finished pool when its spec matches too; its cells
+but for ``source_split`` / ``source_match``, under any name); a method's finished pool when its spec matches too; its cells
 when the fine-tuning recipe matches as well. Nothing already in the new folder is replaced.
 """
 
@@ -45,12 +45,11 @@ def _copy(src: Path, dst: Path, moved: tuple[Path, Path] | None = None) -> bool:
 
 def _prompt_twin(name: str, spec, old) -> str | None:
     """The method of the old experiment whose prompts this optimised method would find again: the same
-    spec but for the sources its pool is generated from (``source_split``), under any name."""
+    spec but for the sources its pool is generated from (``source_split``, ``source_match``), under any name."""
     if spec.kind != "optimized":
         return None
-    key = spec.model_copy(update={"source_split": None})
     return next((m for m in (name, *old.methods)  # its own name first
-                 if m in old.methods and old.methods[m].model_copy(update={"source_split": None}) == key), None)
+                 if m in old.methods and old.methods[m].finding() == spec.finding()), None)
 
 
 def reusable_config(config, source: Path):
@@ -93,7 +92,8 @@ def reuse_stages(config, out: Path, source: Path, old=None) -> list[str]:
         for folder in sorted(p for p in (source / "targets").iterdir() if p.is_dir() and not p.name.startswith(".")):
             take(f"targets/{folder.name}")
     for name, spec in config.methods.items():
-        twin = _prompt_twin(name, spec, old)
+        shares = next(m for m, other in config.methods.items() if other.finding() == spec.finding()) != name
+        twin = None if shares else _prompt_twin(name, spec, old)  # a sharing method uses its owner's prompts
         for seed in seeds if twin is not None else []:  # finished or not: the runs resume in the new folder
             take(f"prompts/{name}-s{seed}", f"prompts/{twin}-s{seed}", moved=(source, out))
         if old.methods.get(name) != spec or (spec.pool_of and old.methods.get(spec.pool_of) != config.methods[spec.pool_of]):

@@ -233,9 +233,11 @@ class ExperimentRunner:
             weights = self.base_path(seed, self.adversary(spec))
             self.base_model(seed, self.adversary(spec))  # makes sure the weights exist
         results = []
+        # An ablation that only changes the sources its pool paints around uses the first such method's prompts.
+        owner = next(m for m, other in (*self.config.methods.items(), (name, spec)) if other.finding() == spec.finding())
         for group, data in optimisation_runs(self, name, spec, seed, weights, draw_seed(seed, rnd), rnd):
             config = parse_config(data, what=f"method {name} ({spec.optimize})")
-            out = self.out / "prompts" / f"{name}-s{seed}{round_tag(rnd)}" / (group or "")
+            out = self.out / "prompts" / f"{owner}-s{seed}{round_tag(rnd)}" / (group or "")
             self.say(f"{name}: optimising prompts" + (f" for target group {group}" if group else "") + f" (seed {seed})")
             done, t0 = {p.name for p in out.glob("prompt_*.safetensors")}, time.perf_counter()
             res = optimize(config, out, resume=(out / "config.yaml").is_file(), components=comps,

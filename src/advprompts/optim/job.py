@@ -152,6 +152,6 @@ class PromptRun:
         values = self.values
         if not values:  # resumed a finished prompt: report its last logged step
             rows = [r for r in self.log.rows if r["prompt"] == self.job.key]
-            values = {k: float(v) for k, v in rows[-1].items() if k != "prompt"} if rows else {}
+            values = {k: float(v) for k, v in rows[-1].items() if k != "prompt" and v != ""} if rows else {}  # blank: not logged
         return PromptResult(key=self.job.key, file=final, class_label=self.job.label, seed=self.job.seed,
                             losses=values, steps=steps, stopped_early=self.stopped)
