@@ -375,3 +375,18 @@ def test_no_module_unpickles():
                         isinstance(kw["allow_pickle"], ast.Constant) and kw["allow_pickle"].value is False):
                     bad.append(f"{where} calls {base}.load with allow_pickle")
     assert not bad, bad
+
+
+def test_block_checkpointing_learns_the_same_prompt(_tiny_session, tmp_path):
+    """`sampler.gradient_checkpointing: blocks` recomputes inside the networks too: less memory, same numbers."""
+    got = {}
+    for mode in ("true", "blocks"):
+        config = load_config("tiny-ap", ["optim.steps=2", "log.tensorboard=false",
+                                         f"sampler.gradient_checkpointing={mode}"])
+        comps = copy.deepcopy(_tiny_session["txt2img"]).freeze()
+        res = optimize(config, tmp_path / mode, components=comps, task_model=_task())
+        got[mode] = load_file(str(res.prompt_files[0]))
+        assert comps.unet.is_gradient_checkpointing == (mode == "blocks")
+    assert got["true"].keys() == got["blocks"].keys()
+    for k in got["true"]:
+        assert torch.allclose(got["true"][k], got["blocks"][k], atol=1e-6), k

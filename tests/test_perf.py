@@ -44,10 +44,13 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert res["profile"]["top_ops"] and "Self CPU" in res["profile"]["by_time"]
     assert res["gpu_sd15"] is None and res["complete"] is True
     # A GPU run adds one row per SD 1.5 batch size to the table.
-    gpu = {"image_size": 512, "num_steps": 5, "runs": [{"batch_size": b, "seconds_per_step": 0.1 * b,
-                                                        "peak_gb": 3.0 * b} for b in (1, 4)]}
+    gpu = {"image_size": 512, "num_steps": 5, "runs": [
+        {"checkpointing": mode, "batch_size": b, "seconds_per_step": 0.1 * b, "peak_gb": 6.0 * b, "fits_20gb": b < 4}
+        for mode in (True, "blocks") for b in (1, 4)]}
     rows = [r for r in table_rows({**res, "gpu_sd15": gpu}) if r[0].startswith("gpu_sd15")]
-    assert [r[0] for r in rows] == ["gpu_sd15[batch 1]", "gpu_sd15[batch 4]"] and "12.0 GB at 512 px" in rows[1][3]
+    assert [r[0] for r in rows] == ["gpu_sd15[batch 1, per UNet call]", "gpu_sd15[batch 4, per UNet call]",
+                                    "gpu_sd15[batch 1, blocks]", "gpu_sd15[batch 4, blocks]"]
+    assert "24.0 GB at 512 px" in rows[1][3] and rows[1][2] == "does not fit 20 GB" and rows[0][2] == "fit 20 GB"
     # The batched prompts learn what the one-at-a-time ones learn (float rounding of a larger batch aside).
     assert res["prompt_batch"]["prompts"] == 4 and res["prompt_batch"]["max_embedding_diff"] < 1e-4
     # The fine-tuning fast path: a ratio and how often its model predicts what the fp32 one does.

@@ -137,24 +137,27 @@ def checkpoint_memory(suite: Suite, device: torch.device, modes: tuple = (True, 
 
 
 def gpu_sd15(suite: Suite, device: torch.device, timed: int = 3) -> dict:
-    """SD 1.5 architecture on the GPU: seconds per AP step and peak memory (bf16, checkpointing) per batch size."""
+    """SD 1.5 architecture on the GPU: seconds per AP step and peak memory (bf16) per batch size, with
+    checkpointing per UNet call (the default) and block by block (``gradient_checkpointing: blocks``)."""
     comps, task = models.sd15_components(device), models.task_model(device)
     data = models.dataset(suite.gpu_size, n=max(16, *suite.gpu_batches))
     runs = []
-    for batch in suite.gpu_batches:
-        config = models.step_config(model="sd15", device=device, image_size=suite.gpu_size, batch_size=batch,
-                                    num_steps=suite.memory_steps, guidance_scale=suite.guidance_scale, num_tokens=5,
-                                    steps=1 + timed, checkpointing=True, clip=None, autocast="bf16")
-        sync(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        times = time_optimize(config, comps, task, data, device, 1)
-        peak = torch.cuda.max_memory_allocated(device)
-        runs.append({"batch_size": batch, "seconds_per_step": sorted(times)[len(times) // 2],
-                     "peak_gb": peak / 2**30, "step_peak_gb": (peak - base) / 2**30, "fits_20gb": peak <= 20 * 2**30})
-    return {"image_size": suite.gpu_size, "num_steps": suite.memory_steps, "autocast": "bf16", "checkpointing": True,
-            "runs": runs, "device": torch.cuda.get_device_name(device)}
+    for mode in (True, "blocks"):  # blocks last: the networks keep the setting
+        for batch in suite.gpu_batches:
+            config = models.step_config(model="sd15", device=device, image_size=suite.gpu_size, batch_size=batch,
+                                        num_steps=suite.memory_steps, guidance_scale=suite.guidance_scale,
+                                        num_tokens=5, steps=1 + timed, checkpointing=mode, clip=None, autocast="bf16")
+            sync(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            times = time_optimize(config, comps, task, data, device, 1)
+            peak = torch.cuda.max_memory_allocated(device)
+            runs.append({"checkpointing": mode, "batch_size": batch, "seconds_per_step": sorted(times)[len(times) // 2],
+                         "peak_gb": peak / 2**30, "step_peak_gb": (peak - base) / 2**30,
+                         "fits_20gb": peak <= 20 * 2**30})
+    return {"image_size": suite.gpu_size, "num_steps": suite.memory_steps, "autocast": "bf16", "runs": runs,
+            "device": torch.cuda.get_device_name(device)}
 
 
 if __name__ == "__main__":  # one isolated measurement; prints a JSON line

@@ -95,7 +95,7 @@ def task_model(device: torch.device) -> torch.nn.Module:
 
 
 def step_config(*, model: str, device: torch.device, image_size: int, batch_size: int, num_steps: int,
-                guidance_scale: float, num_tokens: int, steps: int, checkpointing: bool, clip: str | None,
+                guidance_scale: float, num_tokens: int, steps: int, checkpointing: bool | str, clip: str | None,
                 autocast: str = "none") -> RunConfig:
     """An optimisation run on tiny-synth: AP (opposite-class CE), or GAP (+ text and image guidance)
     when ``clip`` is given; no logging, sampling or checkpoint files get in the way of timing."""

@@ -151,9 +151,10 @@ def table_rows(res: dict) -> list[tuple[str, str, str, str]]:
     if res.get("gpu_sd15"):
         g = res["gpu_sd15"]
         for run in g["runs"]:
-            rows.append((f"gpu_sd15[batch {run['batch_size']}]", f"{fmt(run['seconds_per_step'])} s/step",
-                         "fits 20 GB", f"peak {fmt(run['peak_gb'], '.1f')} GB at {g['image_size']} px, "
-                         f"K={g['num_steps']}, bf16 + checkpointing"))
+            mode = "blocks" if run.get("checkpointing") == "blocks" else "per UNet call"
+            rows.append((f"gpu_sd15[batch {run['batch_size']}, {mode}]", f"{fmt(run['seconds_per_step'])} s/step",
+                         ("" if run["fits_20gb"] else "does not ") + "fit 20 GB",
+                         f"peak {fmt(run['peak_gb'], '.1f')} GB at {g['image_size']} px, K={g['num_steps']}, bf16"))
     return rows
 
 
