@@ -163,6 +163,12 @@ class ExperimentConfig(StrictModel):
                              f"({', '.join(self.methods)})")
         return self
 
+    def prompt_owner(self, name: str, spec: MethodSpec | None = None) -> str:
+        """The method whose prompts ``name`` paints with: the first that finds them the same way (itself,
+        unless an earlier method differs from it only in the sources its pool paints around)."""
+        spec = spec or self.methods[name]
+        return next((m for m, other in self.methods.items() if other.finding() == spec.finding()), name)
+
     def n_extra(self, budget: float) -> int:
         return max(1, round(self.max_extra * budget))
 

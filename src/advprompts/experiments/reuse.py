@@ -92,8 +92,8 @@ def reuse_stages(config, out: Path, source: Path, old=None) -> list[str]:
         for folder in sorted(p for p in (source / "targets").iterdir() if p.is_dir() and not p.name.startswith(".")):
             take(f"targets/{folder.name}")
     for name, spec in config.methods.items():
-        shares = next(m for m, other in config.methods.items() if other.finding() == spec.finding()) != name
-        twin = None if shares else _prompt_twin(name, spec, old)  # a sharing method uses its owner's prompts
+        shares = config.prompt_owner(name, spec) != name  # it paints with its owner's prompts
+        twin = None if shares else _prompt_twin(name, spec, old)
         for seed in seeds if twin is not None else []:  # finished or not: the runs resume in the new folder
             take(f"prompts/{name}-s{seed}", f"prompts/{twin}-s{seed}", moved=(source, out))
         if old.methods.get(name) != spec or (spec.pool_of and old.methods.get(spec.pool_of) != config.methods[spec.pool_of]):

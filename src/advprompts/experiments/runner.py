@@ -233,8 +233,7 @@ class ExperimentRunner:
             weights = self.base_path(seed, self.adversary(spec))
             self.base_model(seed, self.adversary(spec))  # makes sure the weights exist
         results = []
-        # An ablation that only changes the sources its pool paints around uses the first such method's prompts.
-        owner = next(m for m, other in (*self.config.methods.items(), (name, spec)) if other.finding() == spec.finding())
+        owner = self.config.prompt_owner(name, spec)  # an ablation of the sources only paints with its owner's
         for group, data in optimisation_runs(self, name, spec, seed, weights, draw_seed(seed, rnd), rnd):
             config = parse_config(data, what=f"method {name} ({spec.optimize})")
             out = self.out / "prompts" / f"{owner}-s{seed}{round_tag(rnd)}" / (group or "")
