@@ -52,9 +52,7 @@ def optimisation_runs(runner, name: str, spec, seed: int, weights: Path, draw: i
         return [(None, base)]
     if c.target_split is None:
         raise ConfigError(f"method {name!r} has per_group: true but the experiment has no target_split")
-    from advprompts.data import resolve_dataset
-
-    target = resolve_dataset(c.benchmark, split=c.target_split, image_size=runner.image_size)
+    target = runner.split(c.target_split)
     runs = []
     for group, folder in export_group_images(target, runner.out / "targets").items():
         data = copy.deepcopy(base)
@@ -102,9 +100,7 @@ def pool_units(runner, name: str, spec, seed: int, pool_dir: Path, comps, weight
 def matched_units(runner, column: str, train, results, n: int, draw: int) -> list[dict]:
     """Per-group prompts, each painting around the sources whose ``column`` equals its target group's
     (equal images per group). A prompt's group is its run folder's name."""
-    from advprompts.data import resolve_dataset
-
-    target = resolve_dataset(runner.config.benchmark, split=runner.config.target_split, image_size=runner.image_size)
+    target = runner.split(runner.config.target_split)
     by_group: dict[str, list[Path]] = {}
     for r in results:
         by_group.setdefault(r.file.parent.name, []).append(r.file)

@@ -132,12 +132,15 @@ class ExperimentRunner:
 
     def sources(self, spec: MethodSpec):
         """The labelled images a generated method paints around: train's, or its ``source_split``'s."""
+        return self.split(spec.source_split or self.config.train_split)
+
+    def split(self, name: str):
+        """One of the benchmark's splits, resolved once (a pool's units and its generation both read it)."""
         from advprompts.data import resolve_dataset
 
-        split = spec.source_split or self.config.train_split
-        if split not in self._sources:  # resolved once: the pool's units and its generation both read it
-            self._sources[split] = resolve_dataset(self.config.benchmark, split=split, image_size=self.config.image_size)
-        return self._sources[split]
+        if name not in self._sources:
+            self._sources[name] = resolve_dataset(self.config.benchmark, split=name, image_size=self.config.image_size)
+        return self._sources[name]
 
     def adversary(self, spec: MethodSpec) -> str:
         """The architecture a method's prompts are found against."""
