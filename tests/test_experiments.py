@@ -3,6 +3,7 @@ results.csv, report, loop; and the fine-tuning recipe itself on separable data."
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 
@@ -130,6 +131,35 @@ def test_per_group_prompts_and_transfer_rows(tmp_path, tiny):
         used = {r["prompt_file"] for r in csv.DictReader(f)}
     assert {g for g in groups if any(f"/{g}/" in u or f"-{g}" in u for u in used)} == set(groups)
     assert sorted(r["method"] for r in rows) == ["gap", "gap->resnet18", "no_extra"]
+
+
+
+def test_target_groups_prompts_batched_together_match_one_group_at_a_time(tmp_path, tiny):
+    """With prompt_batch > 1 a per_group method's groups are optimised in one batch: same prompts, same pool,
+    one profile row for the batch."""
+    from safetensors.torch import load_file
+
+    from advprompts.fsio import read_csv
+
+    spec = dict(SMALL_BENCH, target_split="target")
+    spec["splits"] = dict(SMALL_BENCH["splits"], target=dict(SMALL_BENCH["splits"]["ood_pool"], size=4))
+    bench = export_benchmark(Benchmark(**spec), tmp_path / "bench-t")
+    gap = {"kind": "optimized", "optimize": "tiny-gap", "per_group": True, "set": ["optim.steps=2"]}
+    cfg = _config(bench, target_split="target", max_extra=4, budgets=[1.0], methods={"gap": gap})
+    files = {}
+    for batch in (None, 4):
+        runner = ExperimentRunner(cfg, tmp_path / f"b{batch}", components=copy.deepcopy(tiny), progress=False,
+                                  prompt_batch=batch)
+        runner.pool("gap", cfg.methods["gap"], 0)
+        files[batch] = sorted((tmp_path / f"b{batch}" / "prompts").rglob("prompt_*.safetensors"))
+        stages = [r["method"] for r in read_csv(tmp_path / f"b{batch}" / "profile.csv") if r["stage"] == "prompts"]
+        assert stages == (["gap/landbird-water", "gap/waterbird-land"] if batch is None else ["gap/2 groups"])
+    assert [f.relative_to(tmp_path / "bNone") for f in files[None]] == [f.relative_to(tmp_path / "b4") for f in files[4]]
+    assert len(files[4]) == 4  # 2 groups x 2 classes
+    for a, b in zip(files[None], files[4]):
+        torch.testing.assert_close(load_file(b), load_file(a), rtol=1e-5, atol=1e-5)
+    pools = [read_csv(tmp_path / f"b{b}" / "pools" / "gap-s0" / "metadata.csv") for b in (None, 4)]
+    assert [r["source_file"] for r in pools[0]] == [r["source_file"] for r in pools[1]]
 
 
 def test_adversary_finds_prompts_against_another_architecture(bench_dir, tmp_path, tiny):

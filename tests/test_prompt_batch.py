@@ -127,3 +127,45 @@ def test_batch_size_is_capped_by_free_memory(monkeypatch):
     assert batch_size(8, 3_000, torch.device("cpu")) == 2   # 80% of 10 kB holds two 3 kB steps
     assert batch_size(8, 50_000, torch.device("cpu")) == 1  # never below one prompt
     assert batch_size(8, 0, torch.device("cpu")) == 8       # nothing measured: as asked
+
+
+def _group_configs(extra=()):
+    """Two tiny GAP runs that differ only in their guidance images and prefix, like two target groups."""
+    return [load_config("tiny-gap", ["log.grad_norm_every=2", f"prompt.prefix={prefix}",
+                                     f"losses.2.params.target_images={images}", *extra])
+            for prefix, images in (("g-a", "tiny-synth:target"), ("g-b", "tiny-synth:train"))]
+
+
+def test_runs_optimised_together_write_what_each_writes_alone(tiny, tmp_path):
+    from advprompts.optim.loop import optimize_together
+
+    configs = _group_configs()
+    alone = [optimize(c, tmp_path / "alone" / c.prompt.prefix, components=copy.deepcopy(tiny)) for c in configs]
+    together = optimize_together([(c, tmp_path / "together" / c.prompt.prefix) for c in configs],
+                                 components=copy.deepcopy(tiny), prompt_batch=8)
+    assert [len(r.prompts) for r in together] == [2, 2]
+    for a_run, b_run in zip(alone, together):
+        for a, b in zip(a_run.prompts, b_run.prompts):
+            assert (a.key, a.steps, a.file.name) == (b.key, b.steps, b.file.name)
+            torch.testing.assert_close(load_file(b.file), load_file(a.file), rtol=1e-5, atol=1e-5)
+        logs = [(r.out_dir / "log.csv").read_text().splitlines() for r in (a_run, b_run)]
+        assert logs[0][0] == logs[1][0] and len(logs[0]) == len(logs[1]) == 1 + 2 * 3
+    # The two runs' guidance differs, so their prompts do: each run kept its own losses in the batch.
+    a, b = (load_file(r.prompts[0].file) for r in together)
+    assert not torch.allclose(next(iter(a.values())), next(iter(b.values())))
+    # Finished runs are found done: nothing is trained again, the same files come back.
+    again = optimize_together([(c, tmp_path / "together" / c.prompt.prefix) for c in configs], resume=True,
+                              components=copy.deepcopy(tiny), prompt_batch=8)
+    assert [p.file for r in again for p in r.prompts] == [p.file for r in together for p in r.prompts]
+
+
+def test_runs_that_differ_beyond_their_losses_are_not_optimised_together(tiny, tmp_path):
+    import pytest
+
+    from advprompts.errors import ConfigError
+    from advprompts.optim.loop import optimize_together
+
+    a, b = _group_configs(["optim.lr=0.01"])[0], _group_configs()[1]
+    with pytest.raises(ConfigError, match=r"'g-b' differs in optim\.lr;"):
+        optimize_together([(a, tmp_path / "a"), (b, tmp_path / "b")], components=copy.deepcopy(tiny))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

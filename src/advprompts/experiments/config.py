@@ -145,8 +145,9 @@ class ExperimentConfig(StrictModel):
     generation: GenerationSettings = GenerationSettings()
     transfer: list[str] = []                # other task architectures fine-tuned on the same extra data
     transfer_methods: list[str] = []        # which methods get a transfer row (default: all)
-    # Optimise up to this many prompts of a method together (optimize's --prompt-batch; results equal one at
-    # a time up to float rounding; None: one at a time). The command line's --prompt-batch overrides it.
+    # Optimise up to this many prompts of a method (or of a per_group method's target groups) together
+    # (optimize's --prompt-batch; results equal one at a time up to float rounding; None: one at a time).
+    # The command line's --prompt-batch overrides it.
     prompt_batch: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")

@@ -43,8 +43,9 @@ logger = logging.getLogger(__name__)
 
 class ExperimentRunner:
     """Runs (and resumes) one experiment into ``out``; ``say`` prints one-line progress messages.
-    ``prompt_batch``: optimise up to that many prompts of a method together (``optimize``'s option;
-    None: the config's ``prompt_batch``, whose default is one at a time). ``reuse``: another experiment
+    ``prompt_batch``: optimise up to that many prompts of a method together (``optimize``'s option; a
+    ``per_group`` method's groups through ``optimize_together``; None: the config's ``prompt_batch``, whose
+    default is one at a time). ``reuse``: another experiment
     folder whose finished stages that this config makes the same way are copied in first
     (:mod:`advprompts.experiments.reuse`). Every stage's wall time goes to ``out/profile.csv`` (``self.profile``)."""
 
@@ -230,16 +231,28 @@ class ExperimentRunner:
         architecture, or against ``weights`` of that architecture (one run per target group with
         ``per_group``); finished runs are reused, interrupted ones resume."""
         from advprompts.config.schema import parse_config
-        from advprompts.optim.loop import optimize
+        from advprompts.optim.loop import optimize, optimize_together
 
         if weights is None:
             weights = self.base_path(seed, self.adversary(spec))
             self.base_model(seed, self.adversary(spec))  # makes sure the weights exist
-        results = []
         owner = self.config.prompt_owner(name, spec)  # an ablation of the sources only paints with its owner's
-        for group, data in optimisation_runs(self, name, spec, seed, weights, draw_seed(seed, rnd), rnd):
-            config = parse_config(data, what=f"method {name} ({spec.optimize})")
-            out = self.out / "prompts" / f"{owner}-s{seed}{round_tag(rnd)}" / (group or "")
+        runs = [(group, parse_config(data, what=f"method {name} ({spec.optimize})"),
+                 self.out / "prompts" / f"{owner}-s{seed}{round_tag(rnd)}" / (group or ""))
+                for group, data in optimisation_runs(self, name, spec, seed, weights, draw_seed(seed, rnd), rnd)]
+        if len(runs) > 1 and (self.prompt_batch or 1) > 1:  # the target groups' prompts in one batch
+            groups = [group for group, _, _ in runs]
+            self.say(f"{name}: optimising prompts for target groups {', '.join(groups)} together (seed {seed})")
+            done = {str(out): {p.name for p in out.glob("prompt_*.safetensors")} for _, _, out in runs}
+            t0 = time.perf_counter()
+            outcomes = optimize_together([(config, out) for _, config, out in runs], resume=True, components=comps,
+                                         dataset=self.train_ds, prompt_batch=self.prompt_batch)
+            reused = all(r.file.name in done[str(o.out_dir)] for o in outcomes for r in o.prompts)
+            self.profile.add("prompts", f"{name}{round_tag(rnd)}/{len(groups)} groups", seed,
+                             seconds=None if reused else time.perf_counter() - t0)
+            return [r for o in outcomes for r in o.prompts]
+        results = []
+        for group, config, out in runs:
             self.say(f"{name}: optimising prompts" + (f" for target group {group}" if group else "") + f" (seed {seed})")
             done, t0 = {p.name for p in out.glob("prompt_*.safetensors")}, time.perf_counter()
             res = optimize(config, out, resume=(out / "config.yaml").is_file(), components=comps,

@@ -73,7 +73,8 @@ def backward_terms(weighted: list[dict[str, torch.Tensor]], params: list[torch.T
 
 
 def train_step(ctx: RunContext, runs: list[PromptRun]) -> None:
-    """One optimisation step of every prompt in ``runs`` (each at its own step), in one batched rollout."""
+    """One optimisation step of every prompt in ``runs`` (each at its own step), in one batched rollout
+    (``ctx.sampler``'s); each prompt's batch, losses and log are its own run's (``run.ctx``)."""
     o, every = ctx.config.optim, ctx.config.log.grad_norm_every
     t0 = time.perf_counter()
     for run in runs:
@@ -83,16 +84,16 @@ def train_step(ctx: RunContext, runs: list[PromptRun]) -> None:
     for micro in range(o.grad_accum):
         # Every random draw of a prompt's step comes from generators keyed by (seed, prompt, step).
         gens = [step_generator(o.seed, run.job.index, run.step, micro) for run in runs]
-        drawn = [draw_call(ctx, run.job.indices, gen, run.text) for run, gen in zip(runs, gens)]
+        drawn = [draw_call(run.ctx, run.job.indices, gen, run.text) for run, gen in zip(runs, gens)]
         calls = [call for call, _, _ in drawn]  # one prompt: the sampler's plain call, as it always was
         rollouts = [ctx.sampler(**calls[0])] if len(calls) == 1 else ctx.sampler.rollouts(calls)
         rest, logged = None, {}  # the prompts whose gradients go back in one pass; those logged per term
         for k, (run, gen, (_, batch, names), rollout) in enumerate(zip(runs, gens, drawn, rollouts)):
-            inputs = loss_inputs(ctx, rollout, batch, names, gen, run.job.slot)
+            inputs = loss_inputs(run.ctx, rollout, batch, names, gen, run.job.slot)
             inputs.prompt, inputs.step = run.prompt, run.step
-            total, parts, weighted = ctx.losses.evaluate(inputs)
+            total, parts, weighted = run.ctx.losses.evaluate(inputs)
             if not torch.isfinite(total):
-                ctx.log.flush()
+                run.ctx.log.flush()
                 raise NaNLossError(f"loss of prompt {run.job.key} is {float(total.detach())} at step {run.step} "
                                    f"(terms: {parts}); last good checkpoint: "
                                    f"{run.ckpt_path if run.ckpt_path.is_file() else 'none'}; "
@@ -103,7 +104,7 @@ def train_step(ctx: RunContext, runs: list[PromptRun]) -> None:
                 rest = total / o.grad_accum if rest is None else rest + total / o.grad_accum
             for name, v in {**parts, "total": float(total.detach())}.items():
                 totals[k][name] = totals[k].get(name, 0.0) + v / o.grad_accum
-            stops[k], images[k] = ctx.losses.should_stop(), inputs.images
+            stops[k], images[k] = run.ctx.losses.should_stop(), inputs.images
         if logged:
             norms = backward_terms(list(logged.values()), [runs[k].prompt.embeddings for k in logged], o.grad_accum,
                                    retain=rest is not None)

@@ -100,6 +100,7 @@ class PromptRun:
 
     def __init__(self, ctx: RunContext, job: Job):
         config, o, comps = ctx.config, ctx.config.optim, ctx.comps
+        self.ctx = ctx  # its run's losses, data and log (runs batched together share only the rollout)
         self.config, self.job, self.out, self.log, self.on_step = config, job, ctx.out, ctx.log, ctx.on_step
         self.prompt = LearnablePrompt(comps.tokenizer, comps.text_encoder, num_tokens=config.prompt.num_tokens,
                                       prefix=f"{config.prompt.prefix}-{job.key}", init=config.prompt.init,
