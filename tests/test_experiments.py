@@ -242,6 +242,12 @@ def test_presets_validate():
             assert "agnostic" not in cfg.methods or "{class}" in cfg.methods["agnostic"].prompts[0]
     cfg = load_experiment_config("waterbirds-synth", ["seeds=[5]"], methods=["gap", "no_extra"])
     assert cfg.seeds == [5] and list(cfg.methods) == ["gap", "no_extra"]
+    # A subset keeps the transfer rows of the methods it keeps, and its dump (the run's experiment.yaml) loads.
+    for methods, transfer in ((["no_extra", "gp", "gap"], (["resnet18"], ["no_extra", "gap"])),
+                              (["gp", "ap"], ([], []))):
+        cfg = load_experiment_config("wildcam-synth", methods=methods)
+        assert (cfg.transfer, cfg.transfer_methods) == transfer
+        assert ExperimentConfig.model_validate(cfg.model_dump(mode="json")) == cfg
 
 
 def test_documented_experiment_configs_validate():
@@ -252,8 +258,9 @@ def test_documented_experiment_configs_validate():
     from advprompts.config.presets import apply_overrides, read_yaml
     from advprompts.config.schema import parse_config
 
-    files = sorted((Path(__file__).parents[1] / "docs" / "experiments").glob("*.yaml"))
-    assert len(files) >= 10
+    docs = Path(__file__).parents[1] / "docs" / "experiments"
+    files = sorted(docs.glob("*.yaml")) + sorted(docs.glob("results/*/experiment.yaml"))  # probes, recorded runs
+    assert len(files) >= 20
     for f in files:
         cfg = load_experiment_config(str(f))
         for name, spec in cfg.methods.items():

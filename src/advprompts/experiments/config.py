@@ -194,7 +194,13 @@ def load_experiment_config(spec: str | Path, overrides: list[str] | tuple[str, .
         if unknown:
             raise ConfigError(f"method {unknown[0]!r} is not in {find_yaml(spec, **where).name}; its methods: "
                               f"{', '.join(config.methods)}")
-        config = config.model_copy(update={"methods": {m: config.methods[m] for m in methods}})
+        update: dict = {"methods": {m: config.methods[m] for m in methods}}
+        if config.transfer_methods:  # the kept ones (none kept: no transfer rows; [] would mean all)
+            kept = [m for m in config.transfer_methods if m in methods]
+            update["transfer_methods"] = kept
+            if not kept:
+                update["transfer"] = []
+        config = config.model_copy(update=update)
         try:
             for name, spec in config.methods.items():
                 check_pool_of(name, spec, config.methods)
