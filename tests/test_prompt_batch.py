@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -169,3 +170,32 @@ def test_runs_that_differ_beyond_their_losses_are_not_optimised_together(tiny, t
     with pytest.raises(ConfigError, match=r"'g-b' differs in optim\.lr;"):
         optimize_together([(a, tmp_path / "a"), (b, tmp_path / "b")], components=copy.deepcopy(tiny))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_runs_optimised_together_resume_after_a_crash(tiny, tmp_path, monkeypatch):
+    from advprompts.optim.loop import optimize_together
+
+    configs = _group_configs(["optim.steps=4", "log.checkpoint_every=2"])  # 2 runs x 2 prompts x 4 steps
+    whole = optimize_together([(c, tmp_path / "whole" / c.prompt.prefix) for c in configs],
+                              components=copy.deepcopy(tiny), prompt_batch=8)
+    finish, calls = PromptRun.finish_step, []
+
+    def counted(self, *a, **k):
+        calls.append(self.step)
+        if crash and len(calls) == 10:  # past every prompt's step-2 checkpoint, mid-way through a batched step
+            raise KeyboardInterrupt
+        return finish(self, *a, **k)
+
+    monkeypatch.setattr(PromptRun, "finish_step", counted)
+    runs, crash = [(c, tmp_path / "cut" / c.prompt.prefix) for c in configs], True
+    with pytest.raises(KeyboardInterrupt):
+        optimize_together(runs, components=copy.deepcopy(tiny), prompt_batch=8)
+    calls.clear()
+    crash = False
+    resumed = optimize_together(runs, resume=True, components=copy.deepcopy(tiny), prompt_batch=8)
+    assert sorted(calls) == [2] * 4 + [3] * 4  # only the steps after the checkpoints run again
+    for a_run, b_run in zip(whole, resumed):
+        for a, b in zip(a_run.prompts, b_run.prompts):
+            torch.testing.assert_close(load_file(b.file), load_file(a.file), rtol=1e-6, atol=1e-6)
+        logs = [(r.out_dir / "log.csv").read_text().splitlines() for r in (a_run, b_run)]
+        assert [row.split(",")[:2] for row in logs[0]] == [row.split(",")[:2] for row in logs[1]]  # no row lost or twice
