@@ -137,13 +137,15 @@ def _group_configs(extra=()):
             for prefix, images in (("g-a", "tiny-synth:target"), ("g-b", "tiny-synth:train"))]
 
 
-def test_runs_optimised_together_write_what_each_writes_alone(tiny, tmp_path):
+def test_runs_optimised_together_write_what_each_writes_alone(tiny, tmp_path, caplog):
     from advprompts.optim.loop import optimize_together
 
     configs = _group_configs()
     alone = [optimize(c, tmp_path / "alone" / c.prompt.prefix, components=copy.deepcopy(tiny)) for c in configs]
-    together = optimize_together([(c, tmp_path / "together" / c.prompt.prefix) for c in configs],
-                                 components=copy.deepcopy(tiny), prompt_batch=8)
+    with caplog.at_level("INFO", logger="advprompts.optim.batch"):
+        together = optimize_together([(c, tmp_path / "together" / c.prompt.prefix) for c in configs],
+                                     components=copy.deepcopy(tiny), prompt_batch=8)
+    assert "batching up to 8 prompts (asked for 8;" in caplog.text  # the memory probe's choice is reported
     assert [len(r.prompts) for r in together] == [2, 2]
     for a_run, b_run in zip(alone, together):
         for a, b in zip(a_run.prompts, b_run.prompts):

@@ -14,6 +14,7 @@ and as many prompts are batched as fit in 80% of the memory left.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import torch
 from advprompts.errors import NaNLossError
 from advprompts.losses import LossInputs
 from advprompts.optim.job import PromptRun, RunContext
+
+logger = logging.getLogger(__name__)
 
 
 def step_generator(*keys: int) -> torch.Generator:
@@ -136,6 +139,8 @@ def train_all(ctx: RunContext, runs: list[PromptRun], prompt_batch: int = 1) -> 
             with PeakMemory(ctx.device) as peak:
                 train_step(ctx, active)
             size = batch_size(prompt_batch, peak.bytes, ctx.device)
+            logger.info("batching up to %d prompts (asked for %d; one prompt's step peaked at %d MB)", size,
+                        prompt_batch, peak.bytes // 2**20)
         else:
             while queue and len(active) < size:
                 active.append(queue.pop(0))
