@@ -96,9 +96,10 @@ def task_model(device: torch.device) -> torch.nn.Module:
 
 def step_config(*, model: str, device: torch.device, image_size: int, batch_size: int, num_steps: int,
                 guidance_scale: float, num_tokens: int, steps: int, checkpointing: bool | str, clip: str | None,
-                autocast: str = "none") -> RunConfig:
+                autocast: str = "none", grad_norm_every: int = 0) -> RunConfig:
     """An optimisation run on tiny-synth: AP (opposite-class CE), or GAP (+ text and image guidance)
-    when ``clip`` is given; no logging, sampling or checkpoint files get in the way of timing."""
+    when ``clip`` is given; no logging, sampling or checkpoint files get in the way of timing (term gradient
+    norms, whose logging costs GAP a second backward pass through the sampler, only with ``grad_norm_every``)."""
     losses = [{"name": "opposite_ce"}]
     if clip is not None:
         losses += [{"name": "text_l2", "weight": 0.1, "params": {"descriptions": DESCRIPTIONS, "renormalize": True}},
@@ -114,7 +115,8 @@ def step_config(*, model: str, device: torch.device, image_size: int, batch_size
         "task": {"arch": "small_cnn", "num_classes": 2},
         "losses": losses,
         "optim": {"batch_size": batch_size, "steps": steps, "lr": 1e-3},
-        "log": {"sample_every": 0, "checkpoint_every": 10**9, "tensorboard": False, "progress": False},
+        "log": {"sample_every": 0, "checkpoint_every": 10**9, "tensorboard": False, "progress": False,
+                "grad_norm_every": grad_norm_every},
     }, RunConfig, what="benchmark")
 
 
