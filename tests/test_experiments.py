@@ -133,7 +133,6 @@ def test_per_group_prompts_and_transfer_rows(tmp_path, tiny):
     assert sorted(r["method"] for r in rows) == ["gap", "gap->resnet18", "no_extra"]
 
 
-
 def test_target_groups_prompts_batched_together_match_one_group_at_a_time(tmp_path, tiny):
     """With prompt_batch > 1 a per_group method's groups are optimised in one batch: same prompts, same pool,
     one profile row for the batch."""

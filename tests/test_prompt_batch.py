@@ -156,15 +156,17 @@ def test_runs_optimised_together_write_what_each_writes_alone(tiny, tmp_path, ca
     # The two runs' guidance differs, so their prompts do: each run kept its own losses in the batch.
     a, b = (load_file(r.prompts[0].file) for r in together)
     assert not torch.allclose(next(iter(a.values())), next(iter(b.values())))
-    # Finished runs are found done: nothing is trained again, the same files come back.
+    # Finished runs are found done and hand back the same prompts (a crash mid-way: the next test).
+    before = [load_file(p.file) for r in together for p in r.prompts]
     again = optimize_together([(c, tmp_path / "together" / c.prompt.prefix) for c in configs], resume=True,
                               components=copy.deepcopy(tiny), prompt_batch=8)
     assert [p.file for r in again for p in r.prompts] == [p.file for r in together for p in r.prompts]
+    assert [p.steps for r in again for p in r.prompts] == [3] * 4
+    for old, p in zip(before, (p for r in again for p in r.prompts)):
+        torch.testing.assert_close(load_file(p.file), old, rtol=0, atol=0)
 
 
 def test_runs_that_differ_beyond_their_losses_are_not_optimised_together(tiny, tmp_path):
-    import pytest
-
     from advprompts.errors import ConfigError
     from advprompts.optim.loop import optimize_together
 
