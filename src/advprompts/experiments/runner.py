@@ -240,27 +240,27 @@ class ExperimentRunner:
         runs = [(group, parse_config(data, what=f"method {name} ({spec.optimize})"),
                  self.out / "prompts" / f"{owner}-s{seed}{round_tag(rnd)}" / (group or ""))
                 for group, data in optimisation_runs(self, name, spec, seed, weights, draw_seed(seed, rnd), rnd)]
-        if len(runs) > 1 and (self.prompt_batch or 1) > 1:  # the target groups' prompts in one batch
-            groups = [group for group, _, _ in runs]
-            self.say(f"{name}: optimising prompts for target groups {', '.join(groups)} together (seed {seed})")
-            done = {str(out): {p.name for p in out.glob("prompt_*.safetensors")} for _, _, out in runs}
-            t0 = time.perf_counter()
-            outcomes = optimize_together([(config, out) for _, config, out in runs], resume=True, components=comps,
-                                         dataset=self.train_ds, prompt_batch=self.prompt_batch)
-            reused = all(r.file.name in done[str(o.out_dir)] for o in outcomes for r in o.prompts)
-            self.profile.add("prompts", f"{name}{round_tag(rnd)}/{len(groups)} groups", seed,
-                             seconds=None if reused else time.perf_counter() - t0)
-            return [r for o in outcomes for r in o.prompts]
+        together = len(runs) > 1 and (self.prompt_batch or 1) > 1  # the target groups' prompts in one batch
         results = []
-        for group, config, out in runs:
-            self.say(f"{name}: optimising prompts" + (f" for target group {group}" if group else "") + f" (seed {seed})")
-            done, t0 = {p.name for p in out.glob("prompt_*.safetensors")}, time.perf_counter()
-            res = optimize(config, out, resume=(out / "config.yaml").is_file(), components=comps,
-                           dataset=self.train_ds, prompt_batch=self.prompt_batch)
-            reused = res.prompts and all(r.file.name in done for r in res.prompts)  # nothing was left to do
-            self.profile.add("prompts", name + round_tag(rnd) + (f"/{group}" if group else ""), seed,
-                             seconds=None if reused else time.perf_counter() - t0)
-            results += res.prompts
+        for chunk in [runs] if together else [[run] for run in runs]:
+            groups = [group for group, _, _ in chunk if group]
+            what = f"{len(groups)} groups" if together else (groups[0] if groups else "")  # the profile's label
+            scope = f" for target groups {', '.join(groups)} together" if together else f" for target group {what}"
+            self.say(f"{name}: optimising prompts{scope if groups else ''} (seed {seed})")
+            done = {str(out): {p.name for p in out.glob("prompt_*.safetensors")} for _, _, out in chunk}
+            t0 = time.perf_counter()
+            if together:
+                outcomes = optimize_together([(config, out) for _, config, out in chunk], resume=True,
+                                             components=comps, dataset=self.train_ds, prompt_batch=self.prompt_batch)
+            else:
+                (_, config, out), = chunk
+                outcomes = [optimize(config, out, resume=(out / "config.yaml").is_file(), components=comps,
+                                     dataset=self.train_ds, prompt_batch=self.prompt_batch)]
+            prompts = [r for o in outcomes for r in o.prompts]
+            reused = bool(prompts) and all(r.file.name in done[str(o.out_dir)] for o in outcomes for r in o.prompts)
+            self.profile.add("prompts", name + round_tag(rnd) + (f"/{what}" if what else ""), seed,
+                             seconds=None if reused else time.perf_counter() - t0)  # reused: nothing was left to do
+            results += prompts
         return results
 
     # ------------------------------------------------------------------ cells

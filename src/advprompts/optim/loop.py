@@ -94,8 +94,7 @@ def optimize(
     Raises:
         OutputExistsError, OutputLockedError, ConfigError, DataError, ModelLoadError, NaNLossError.
     """
-    if prompt_batch is not None and (not isinstance(prompt_batch, int) or prompt_batch < 1):
-        raise ConfigError(f"prompt_batch={prompt_batch!r} is invalid; expected an integer >= 1 (1: one at a time)")
+    _check_prompt_batch(prompt_batch)
     # 1. Run folder: refuse another run, continue this one on --resume (checked before loading,
     #    created after, so that a failed load leaves no partial output). Shards join the run.
     if overwrite and parse_shard(shard)[1] > 1:
@@ -189,7 +188,7 @@ def _open_run(config: RunConfig, out: Path, comps, dataset, task_model, sampler,
 
 
 def optimize_together(runs: list[tuple[RunConfig, str | Path]], *, resume: bool = False, components=None,
-                      dataset=None, prompt_batch: int = 8) -> list[OptimResult]:
+                      dataset=None, prompt_batch: int | None = 8) -> list[OptimResult]:
     """:func:`optimize` several runs whose configs differ only in their loss terms and prompt prefix (one
     per target group, say, each guided by its group's images), their prompts batched together up to
     ``prompt_batch`` at a time: each run's folder, log, checkpoints and prompts are those it would get
@@ -198,8 +197,7 @@ def optimize_together(runs: list[tuple[RunConfig, str | Path]], *, resume: bool 
     Raises:
         ConfigError: the configs differ in more than losses and prompt prefix; plus :func:`optimize`'s.
     """
-    if not isinstance(prompt_batch, int) or prompt_batch < 1:
-        raise ConfigError(f"prompt_batch={prompt_batch!r} is invalid; expected an integer >= 1 (1: one at a time)")
+    _check_prompt_batch(prompt_batch)
     configs, outs = [c for c, _ in runs], [Path(o) for _, o in runs]
     if len(set(map(str, outs))) < len(outs):
         raise ConfigError("optimize_together: two runs share an output folder; give each its own")
@@ -225,7 +223,7 @@ def optimize_together(runs: list[tuple[RunConfig, str | Path]], *, resume: bool 
                                      overwrite=False, shard=(0, 1), state=None, batched=True)
             ctxs.append(ctx)
             prompt_runs.append([PromptRun(ctx, job) for job in mine])
-        train_all(ctxs[0], [run for group in prompt_runs for run in group], prompt_batch)
+        train_all(ctxs[0], [run for group in prompt_runs for run in group], prompt_batch or 1)
         return [OptimResult(out_dir=out, prompts=[run.result() for run in group])
                 for out, group in zip(outs, prompt_runs)]
     finally:
@@ -233,6 +231,11 @@ def optimize_together(runs: list[tuple[RunConfig, str | Path]], *, resume: bool 
             ctx.log.close()
         for out in outs:
             release_run_dir(out, only=held_locks(out) - before[str(out)])
+
+
+def _check_prompt_batch(prompt_batch) -> None:
+    if prompt_batch is not None and (not isinstance(prompt_batch, int) or prompt_batch < 1):
+        raise ConfigError(f"prompt_batch={prompt_batch!r} is invalid; expected an integer >= 1 (1: one at a time)")
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
