@@ -197,13 +197,13 @@ def test_gradient_accumulation_runs_every_micro_batch(_tiny_session, tmp_path):
 def test_class_words_fill_the_template_while_optimising(_tiny_session, tmp_path, monkeypatch):
     from advprompts.sampler import Sampler
 
-    seen, call = [], Sampler.__call__
+    seen, rollouts = [], Sampler.rollouts
 
-    def spy(self, prompt, **kw):
-        seen.extend(prompt)
-        return call(self, prompt, **kw)
+    def spy(self, calls, grad=True):
+        seen.extend(p for call in calls for p in call["prompt"])
+        return rollouts(self, calls, grad)
 
-    monkeypatch.setattr(Sampler, "__call__", spy)
+    monkeypatch.setattr(Sampler, "rollouts", spy)
     config = load_config("tiny-ap", ["optim.steps=2", "log.tensorboard=false", "prompt.per_class=true",
                                      "prompt.template='a {class} {prompt}'", "prompt.class_words={disc: circle}"])
     optimize(config, tmp_path / "words", components=copy.deepcopy(_tiny_session["txt2img"]).freeze())

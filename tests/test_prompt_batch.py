@@ -203,3 +203,57 @@ def test_runs_optimised_together_resume_after_a_crash(tiny, tmp_path, monkeypatc
             torch.testing.assert_close(load_file(b.file), load_file(a.file), rtol=1e-6, atol=1e-6)
         logs = [(r.out_dir / "log.csv").read_text().splitlines() for r in (a_run, b_run)]
         assert [row.split(",")[:2] for row in logs[0]] == [row.split(",")[:2] for row in logs[1]]  # no row lost or twice
+
+
+def _count_rollouts(monkeypatch) -> list[tuple[int, bool]]:
+    """(number of rollouts, with gradient) of every ``Sampler.rollouts`` call from now on."""
+    seen, rollouts = [], Sampler.rollouts
+    monkeypatch.setattr(Sampler, "rollouts", lambda self, calls, grad=True: (seen.append((len(calls), grad)),
+                                                                            rollouts(self, calls, grad))[1])
+    return seen
+
+
+def _text_guided(extra=()):
+    text = "{name: text_l2, weight: 0.1, params: {descriptions: [on green grass, in the snow], renormalize: true}}"
+    return load_config("tiny-ap", ["prompt.seeds=[0, 1, 2]", "optim.steps=4", "log.tensorboard=false",
+                                   "log.sample_every=2", f"losses=[{text}]", *extra])
+
+
+def test_text_guidance_alone_skips_the_rollout_and_moves_the_prompt_as_with_it(tiny, tmp_path, monkeypatch):
+    from advprompts.losses.guidance import TextL2
+
+    config = _text_guided()
+    seen = _count_rollouts(monkeypatch)
+    skipped = optimize(config, tmp_path / "skip", components=copy.deepcopy(tiny), task_model=_task())
+    # Only the steps that save a sample grid (after steps 2 and 4) render, without gradient, one prompt each.
+    assert seen == [(1, False)] * 6
+    seen.clear()
+    monkeypatch.setattr(TextL2, "reads_images", True)  # as before: a differentiable rollout every step
+    full = optimize(config, tmp_path / "full", components=copy.deepcopy(tiny), task_model=_task())
+    assert seen == [(1, True)] * 12
+    for a, b in zip(full.prompts, skipped.prompts):
+        assert a.steps == b.steps == 4
+        torch.testing.assert_close(load_file(b.file), load_file(a.file), rtol=0, atol=0)
+    rows = [[r.rsplit(",", 1)[0] for r in (tmp_path / d / "log.csv").read_text().splitlines()] for d in ("full", "skip")]
+    assert rows[0] == rows[1] and len(rows[0]) == 1 + 3 * 4  # every value but the step's seconds
+    grids = [sorted(p.relative_to(tmp_path / d) for p in (tmp_path / d / "samples").rglob("*.png"))
+             for d in ("full", "skip")]
+    assert grids[0] == grids[1] and len(grids[0]) == 6
+
+
+def test_the_memory_probe_waits_for_a_step_through_the_sampler(tiny, tmp_path, monkeypatch):
+    # Text guidance from the start, the adversary from step 2: steps 0-1 cost no rollout, so the batch size is
+    # measured on s0's step 2, the first that goes through the sampler; then s1 and s2 join.
+    config = _text_guided(["losses=[{name: opposite_ce, weight: 1.0, warmup: 2}, {name: text_l2, weight: 0.1, "
+                           "params: {descriptions: [on green grass, in the snow], renormalize: true}}]"])
+    results, order = {}, {}
+    seen = _count_rollouts(monkeypatch)
+    for batch in (None, 8):
+        steps = order[batch] = []
+        results[batch] = optimize(config, tmp_path / f"b{batch}", components=copy.deepcopy(tiny), task_model=_task(),
+                                  on_step=lambda key, step, values: steps.append((key, step)), prompt_batch=batch)
+    assert order[8][:4] == [("s0", 0), ("s0", 1), ("s0", 2), ("s0", 3)]  # s0 alone through its probe step (2)
+    assert order[8][4:7] == [("s1", 0), ("s2", 0), ("s1", 1)]
+    assert seen[-3:] == [(2, False), (2, True), (2, True)]  # s1, s2: a sample grid after step 1, then together
+    for a, b in zip(results[None].prompts, results[8].prompts):
+        torch.testing.assert_close(load_file(b.file), load_file(a.file), rtol=1e-5, atol=1e-5)

@@ -68,6 +68,8 @@ def prompt_texts(inputs: LossInputs, template: str) -> list[str]:
 
 
 class _TextGuidance(LossTerm):
+    reads_images = False  # the prompt's text embedding against the targets': no image, no rollout
+
     def __init__(self, descriptions: list[str] | None = None, template: str = "{prompt}", pooling: str = "eos",
                  renormalize: bool = False, std_scaling: bool = False,
                  per_class: dict[str, list[str]] | None = None, spread: bool = False,

@@ -39,7 +39,8 @@ class LossInputs:
     """What a loss term sees at one step.
 
     Attributes:
-        images: generated images (B, 3, H, W) in [0, 1], differentiable.
+        images: generated images (B, 3, H, W) in [0, 1], differentiable; None when no active term reads
+            them (:attr:`LossTerm.reads_images`), for the step then skips the rollout.
         labels: integer labels (B,) of the source samples, or None.
         dense: dense targets (B, 1, H, W) for regression tasks (e.g. the depth map), or None.
         prompt: the :class:`~advprompts.prompts.LearnablePrompt` being optimised.
@@ -50,7 +51,7 @@ class LossInputs:
         sources: the source images (B, 3, H, W) in [0, 1] the generations start from, or None.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | None
     labels: torch.Tensor | None = None
     dense: torch.Tensor | None = None
     prompt: Any = None
@@ -75,10 +76,12 @@ class LossTerm:
     """A loss term. Subclasses take their params as keyword arguments and implement ``__call__``.
 
     ``stop_threshold`` (adversarial terms): :attr:`last_task_loss` is compared to it after each step
-    and the loop stops early once the task loss reaches it.
+    and the loop stops early once the task loss reaches it. ``reads_images``: False for a term computed from
+    the prompt alone (text guidance): a step whose active terms all say so skips the rollout.
     """
 
     name = "base"
+    reads_images = True
     stop_threshold: float | None = None
     last_task_loss: float | None = None
 
@@ -158,7 +161,7 @@ class LossSet:
     def evaluate(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
         """``(total, {label: unweighted value}, {label: weighted value tensor})``; the last holds the
         active terms only (for their separate gradients)."""
-        total = inputs.images.new_zeros(())
+        total = torch.zeros(()) if inputs.images is None else inputs.images.new_zeros(())
         logs: dict[str, float] = {}
         weighted: dict[str, torch.Tensor] = {}
         for t in self.terms:
@@ -173,3 +176,7 @@ class LossSet:
 
     def should_stop(self) -> bool:
         return any(t.term.should_stop() for t in self.terms)
+
+    def reads_images(self, step: int) -> bool:
+        """Whether a term active at ``step`` needs the generated images (else the rollout can be skipped)."""
+        return any(t.term.reads_images for t in self.terms if step >= t.warmup)

@@ -4,12 +4,15 @@
 (:meth:`~advprompts.sampler.Sampler.rollouts`): each prompt draws its own batch and noise from its own
 generator, keyed by ``(optim.seed, prompt index, step, micro-batch)``, evaluates its own losses on its
 own rows, and gets the gradient of its own loss only, so that it moves as it would alone (up to the
-float rounding of a larger batch in the networks). With one prompt it is the one-at-a-time step.
+float rounding of a larger batch in the networks). With one prompt it is the one-at-a-time step. A prompt
+whose active terms read no image (text guidance alone: GP, or a warm-up) skips the rollout, which its loss
+does not depend on; it still renders one (without gradient) for a sample grid.
 
 :func:`train_all` trains the prompts in order, up to ``prompt_batch`` at a time: a prompt that stops
 (early, or at its last step) leaves the batch and the next one joins. With ``prompt_batch > 1`` the
-batch is capped by free memory: the first prompt's first step runs alone, its peak memory is measured,
-and as many prompts are batched as fit in 80% of the memory left.
+batch is capped by free memory: the first prompt runs alone until one of its steps has gone through the
+sampler, that step's peak memory is measured, and as many prompts are batched as fit in 80% of the memory
+left.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ def draw_call(ctx: RunContext, indices: list[int], gen: torch.Generator, text_fo
 
 
 def loss_inputs(ctx: RunContext, rollout, batch: dict, names: list[str], gen, slot: int) -> LossInputs:
-    """A rollout of ``batch`` as the losses see it."""
-    return LossInputs(images=rollout.images, labels=batch["label"].to(ctx.device),
+    """A rollout of ``batch`` (None: skipped) as the losses see it."""
+    return LossInputs(images=None if rollout is None else rollout.images, labels=batch["label"].to(ctx.device),
                       dense=None if batch["dense"] is None else batch["dense"].to(ctx.device),
                       class_names=names, generator=gen, prompt_slot=slot, sources=batch["image"].to(ctx.device))
 
@@ -75,11 +78,29 @@ def backward_terms(weighted: list[dict[str, torch.Tensor]], params: list[torch.T
     return norms
 
 
-def train_step(ctx: RunContext, runs: list[PromptRun]) -> None:
+def _rollouts(ctx: RunContext, runs: list[PromptRun], calls: list[dict]) -> tuple[list, bool]:
+    """Each run's rollout of its call: one batched differentiable rollout for the runs whose active terms read
+    the images; a rollout without gradient for the others that save a sample grid after this step; None for the
+    rest (text guidance alone moves the prompt without the sampler). Also whether a rollout had gradient."""
+    every = ctx.config.log.sample_every
+    reads = [run.ctx.losses.reads_images(run.step) for run in runs]
+    shows = [not r and bool(every) and (run.step + 1) % every == 0 for run, r in zip(runs, reads)]
+    out: list = [None] * len(runs)
+    for grad, wanted in ((True, reads), (False, shows)):
+        ks = [k for k, want in enumerate(wanted) if want]
+        if ks:
+            for k, rollout in zip(ks, ctx.sampler.rollouts([calls[k] for k in ks], grad=grad)):
+                out[k] = rollout
+    return out, any(reads)
+
+
+def train_step(ctx: RunContext, runs: list[PromptRun]) -> bool:
     """One optimisation step of every prompt in ``runs`` (each at its own step), in one batched rollout
-    (``ctx.sampler``'s); each prompt's batch, losses and log are its own run's (``run.ctx``)."""
+    (``ctx.sampler``'s); each prompt's batch, losses and log are its own run's (``run.ctx``). Returns whether
+    the step went through the sampler (False: its terms read no image, so it cost next to nothing)."""
     o, every = ctx.config.optim, ctx.config.log.grad_norm_every
     t0 = time.perf_counter()
+    sampled = False
     for run in runs:
         run.opt.zero_grad(set_to_none=True)
     totals: list[dict[str, float]] = [{} for _ in runs]
@@ -88,8 +109,8 @@ def train_step(ctx: RunContext, runs: list[PromptRun]) -> None:
         # Every random draw of a prompt's step comes from generators keyed by (seed, prompt, step).
         gens = [step_generator(o.seed, run.job.index, run.step, micro) for run in runs]
         drawn = [draw_call(run.ctx, run.job.indices, gen, run.text) for run, gen in zip(runs, gens)]
-        calls = [call for call, _, _ in drawn]  # one prompt: the sampler's plain call, as it always was
-        rollouts = [ctx.sampler(**calls[0])] if len(calls) == 1 else ctx.sampler.rollouts(calls)
+        rollouts, through = _rollouts(ctx, runs, [call for call, _, _ in drawn])
+        sampled |= through
         rest, logged = None, {}  # the prompts whose gradients go back in one pass; those logged per term
         for k, (run, gen, (_, batch, names), rollout) in enumerate(zip(runs, gens, drawn, rollouts)):
             inputs = loss_inputs(run.ctx, rollout, batch, names, gen, run.job.slot)
@@ -119,6 +140,7 @@ def train_step(ctx: RunContext, runs: list[PromptRun]) -> None:
     seconds = round((time.perf_counter() - t0) / len(runs), 4)  # a shared step's time, split evenly
     for run, values, stop, imgs in zip(runs, totals, stops, images):
         run.finish_step({**values, "seconds": seconds}, imgs, stop)
+    return sampled
 
 
 def train_all(ctx: RunContext, runs: list[PromptRun], prompt_batch: int = 1) -> None:
@@ -134,10 +156,13 @@ def train_all(ctx: RunContext, runs: list[PromptRun], prompt_batch: int = 1) -> 
     active: list[PromptRun] = []
     size = 1 if prompt_batch <= 1 else None  # None: not measured yet
     while queue or active:
-        if size is None:  # the first prompt's first step alone, to measure its memory
-            active = [queue.pop(0)]
+        if size is None:  # the first prompt alone until a step through the sampler has measured its memory
+            active = active or [queue.pop(0)]
             with PeakMemory(ctx.device) as peak:
-                train_step(ctx, active)
+                sampled = train_step(ctx, active)
+            if not (sampled or active[0].done):  # text guidance alone (a warm-up): no rollout, nothing measured
+                bar.update(1)
+                continue
             size = batch_size(prompt_batch, peak.bytes, ctx.device)
             logger.info("batching up to %d prompts (asked for %d; one prompt's step peaked at %d MB)", size,
                         prompt_batch, peak.bytes // 2**20)
