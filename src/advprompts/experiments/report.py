@@ -4,6 +4,7 @@ by the task model or the CLIP used for guidance), decoded prompts and optimisati
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -160,17 +161,17 @@ def plot_accuracy(rows: list[dict], path: Path) -> Path:
                          if r["method"] == method and r["n_extra"] > 0)
             x, y, s = map(np.array, zip(*pts))
             ax.errorbar(x, 100 * y, yerr=100 * s, marker="o", capsize=3, label=method)
-        for method, r in baseline.items():
-            ax.axhline(100 * r[f"{key}_mean"], ls="--", c="grey", label=method)
+        for (method, r), ls in zip(baseline.items(), itertools.cycle(["--", ":", "-."])):  # one per architecture
+            ax.axhline(100 * r[f"{key}_mean"], ls=ls, c="grey", label=method)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("extra images")
         ax.set_ylabel(f"{title} (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the curves, not over them
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
