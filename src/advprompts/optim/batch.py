@@ -82,9 +82,8 @@ def _rollouts(ctx: RunContext, runs: list[PromptRun], calls: list[dict]) -> tupl
     """Each run's rollout of its call: one batched differentiable rollout for the runs whose active terms read
     the images; a rollout without gradient for the others that save a sample grid after this step; None for the
     rest (text guidance alone moves the prompt without the sampler). Also whether a rollout had gradient."""
-    every = ctx.config.log.sample_every
     reads = [run.ctx.losses.reads_images(run.step) for run in runs]
-    shows = [not r and bool(every) and (run.step + 1) % every == 0 for run, r in zip(runs, reads)]
+    shows = [not r and run.saves_grid() for run, r in zip(runs, reads)]
     out: list = [None] * len(runs)
     for grad, wanted in ((True, reads), (False, shows)):
         ks = [k for k, want in enumerate(wanted) if want]
@@ -160,12 +159,10 @@ def train_all(ctx: RunContext, runs: list[PromptRun], prompt_batch: int = 1) -> 
             active = active or [queue.pop(0)]
             with PeakMemory(ctx.device) as peak:
                 sampled = train_step(ctx, active)
-            if not (sampled or active[0].done):  # text guidance alone (a warm-up): no rollout, nothing measured
-                bar.update(1)
-                continue
-            size = batch_size(prompt_batch, peak.bytes, ctx.device)
-            logger.info("batching up to %d prompts (asked for %d; one prompt's step peaked at %d MB)", size,
-                        prompt_batch, peak.bytes // 2**20)
+            if sampled or active[0].done:  # else text guidance alone (a warm-up): no rollout, nothing measured
+                size = batch_size(prompt_batch, peak.bytes, ctx.device)
+                logger.info("batching up to %d prompts (asked for %d; one prompt's step peaked at %d MB)", size,
+                            prompt_batch, peak.bytes // 2**20)
         else:
             while queue and len(active) < size:
                 active.append(queue.pop(0))

@@ -123,18 +123,22 @@ class PromptRun:
         """The prompt's text for a source of class ``class_name`` (through ``prompt.class_words``)."""
         return self.prompt.text(self.config.prompt.class_words.get(class_name, class_name))
 
+    def saves_grid(self) -> bool:
+        """Whether the step about to run ends with a sample grid of its images (``log.sample_every``)."""
+        every = self.config.log.sample_every
+        return bool(every) and (self.step + 1) % every == 0
+
     def finish_step(self, values: dict[str, float], images: torch.Tensor, stop: bool) -> None:
         """After the step's gradients: the optimiser step, its log row, sample grid, early stop and
         checkpoint (the log first: a kill between the two resumes from the older checkpoint and drops the
         newer rows, where the other order would lose the rows of the steps before this checkpoint)."""
         self.opt.step()
-        step, key, self.values = self.step, self.job.key, values
+        step, key, self.values, grid = self.step, self.job.key, values, self.saves_grid()
         self.log.add(key, step, values)
         if self.on_step is not None:
             self.on_step(key, step, values)
         done = self.step = step + 1
-        every = self.config.log.sample_every
-        if every and done % every == 0:
+        if grid:
             _save_grid(self.out / "samples" / key / f"step_{done:06d}.png", images)
         self.stopped = stop
         if stop:
